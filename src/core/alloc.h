@@ -1,0 +1,16 @@
+/* alloc.h - the core's allocator hook: every context and buffer allocation goes
+ * through it so a fault plan can fail it (site "alloc"). */
+#ifndef EP_ALLOC_H
+#define EP_ALLOC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Decides whether allocation `op` for connection `conn` fails; NULL = never. */
+typedef int (*ep_alloc_fail_fn)(uint64_t conn, uint64_t op);
+extern ep_alloc_fail_fn ep_alloc_fail;
+
+/* calloc(1, size) unless the hook fails it; NULL on failure. */
+void *ep_alloc(size_t size, uint64_t conn, uint64_t op);
+
+#endif

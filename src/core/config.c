@@ -1,0 +1,185 @@
+/* config.c - command-line parsing: every bad option or value is a one-line error. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ep.h"
+#include "platform.h"
+
+static const char usage[] =
+    "usage: echoport [options]\n"
+    "  --listen HOST:PORT     address to serve (default 127.0.0.1:7007; [::1]:0 works; port 0 picks one)\n"
+    "  --threads N            worker threads (default: one per CPU)\n"
+    "  --accepts N            accepts kept posted (default 16)\n"
+    "  --buffer-size BYTES    buffer per connection (default 16384)\n"
+    "  --max-conns N          refuse connections beyond N (default 0 = unlimited)\n"
+    "  --idle-timeout SECONDS close connections idle this long (default 0 = off)\n"
+    "  --drain-timeout MS     bound on graceful shutdown (default 3000)\n"
+    "  --admin-port PORT      loopback admin port: 'stats', 'shutdown' (0 picks one)\n"
+    "  --faults PLAN          fault plan, e.g. seed=7,partial_send=0.5 (or ECHOPORT_FAULTS)\n"
+    "  --fault-log FILE       write one line per injected fault\n"
+    "  --help, --version\n";
+
+void config_defaults(struct ep_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    strcpy(cfg->listen_host, "127.0.0.1");
+    cfg->listen_port = 7007;
+    cfg->threads = 0;
+    cfg->accepts = 16;
+    cfg->buffer_size = 16384;
+    cfg->drain_timeout_ms = 3000;
+    cfg->admin_port = -1;
+}
+
+/* Parses a whole decimal number in [min, max]; 0 or EP_EINVAL. */
+static int parse_number(const char *text, unsigned long long min, unsigned long long max,
+                        unsigned long long *out)
+{
+    if (!text || !*text || *text < '0' || *text > '9')
+        return EP_EINVAL;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(text, &end, 10);
+    if (errno || *end || v < min || v > max)
+        return EP_EINVAL;
+    *out = v;
+    return 0;
+}
+
+int config_parse_hostport(const char *text, char *host, size_t hostlen, unsigned *port,
+                          char *err, size_t errlen)
+{
+    const char *colon;
+    size_t n;
+    if (text[0] == '[') {
+        const char *close = strchr(text, ']');
+        if (!close || close[1] != ':') {
+            snprintf(err, errlen, "bad address '%s': expected [IPV6]:PORT", text);
+            return EP_EINVAL;
+        }
+        n = (size_t)(close - text - 1);
+        text++;
+        colon = close + 1;
+    } else {
+        colon = strrchr(text, ':');
+        if (!colon || strchr(text, ':') != colon) {
+            snprintf(err, errlen, "bad address '%s': expected HOST:PORT", text);
+            return EP_EINVAL;
+        }
+        n = (size_t)(colon - text);
+    }
+    unsigned long long p;
+    if (n == 0 || n >= hostlen || parse_number(colon + 1, 0, 65535, &p)) {
+        snprintf(err, errlen, "bad address '%s': expected HOST:PORT with PORT 0-65535",
+                 text[-1] == '[' ? text - 1 : text);
+        return EP_EINVAL;
+    }
+    memcpy(host, text, n);
+    host[n] = '\0';
+    *port = (unsigned)p;
+    return 0;
+}
+
+struct numeric_option {
+    const char *name;
+    unsigned long long min, max;
+};
+
+static const struct numeric_option numeric_options[] = {
+    {"--threads", 1, 256},           {"--accepts", 1, 4096},
+    {"--buffer-size", 1, 1u << 26},  {"--max-conns", 0, 100000000},
+    {"--idle-timeout", 0, 86400},    {"--drain-timeout", 0, 600000},
+    {"--admin-port", 0, 65535},
+};
+
+/* Stores a validated numeric option's value in cfg. */
+static void store_number(struct ep_config *cfg, const char *name, unsigned long long v)
+{
+    if (!strcmp(name, "--threads"))
+        cfg->threads = (int)v;
+    else if (!strcmp(name, "--accepts"))
+        cfg->accepts = (int)v;
+    else if (!strcmp(name, "--buffer-size"))
+        cfg->buffer_size = (size_t)v;
+    else if (!strcmp(name, "--max-conns"))
+        cfg->max_conns = (unsigned long)v;
+    else if (!strcmp(name, "--idle-timeout"))
+        cfg->idle_timeout_s = (unsigned)v;
+    else if (!strcmp(name, "--drain-timeout"))
+        cfg->drain_timeout_ms = (unsigned)v;
+    else
+        cfg->admin_port = (int)v;
+}
+
+enum config_result config_parse(struct ep_config *cfg, int argc, char **argv,
+                                const char *env_faults, FILE *out, char *err, size_t errlen)
+{
+    config_defaults(cfg);
+    for (int i = 1; i < argc; i++) {
+        char name[32];
+        const char *arg = argv[i], *value = NULL;
+        const char *eq = strchr(arg, '=');
+        size_t namelen = eq ? (size_t)(eq - arg) : strlen(arg);
+        if (strncmp(arg, "--", 2) != 0 || namelen >= sizeof(name)) {
+            snprintf(err, errlen, "unknown argument '%s' (see --help)", arg);
+            return CONFIG_ERROR;
+        }
+        memcpy(name, arg, namelen);
+        name[namelen] = '\0';
+        if (!strcmp(name, "--help") || !strcmp(name, "--version")) {
+            if (eq) {
+                snprintf(err, errlen, "option %s takes no value", name);
+                return CONFIG_ERROR;
+            }
+            fputs(name[2] == 'h' ? usage : "echoport " EP_VERSION "\n", out);
+            return CONFIG_EXIT;
+        }
+        const struct numeric_option *opt = NULL;
+        for (size_t k = 0; k < EP_ARRAY_LEN(numeric_options); k++)
+            if (!strcmp(name, numeric_options[k].name))
+                opt = &numeric_options[k];
+        int is_text = !strcmp(name, "--listen") || !strcmp(name, "--faults") ||
+                      !strcmp(name, "--fault-log");
+        if (!opt && !is_text) {
+            snprintf(err, errlen, "unknown option '%s' (see --help)", name);
+            return CONFIG_ERROR;
+        }
+        if (eq)
+            value = eq + 1;
+        else if (i + 1 < argc)
+            value = argv[++i];
+        else {
+            snprintf(err, errlen, "option %s needs a value", name);
+            return CONFIG_ERROR;
+        }
+        if (!strcmp(name, "--listen")) {
+            if (config_parse_hostport(value, cfg->listen_host, sizeof(cfg->listen_host),
+                                      &cfg->listen_port, err, errlen))
+                return CONFIG_ERROR;
+            continue;
+        }
+        if (!strcmp(name, "--faults") || !strcmp(name, "--fault-log")) {
+            if (!*value) {
+                snprintf(err, errlen, "option %s needs a non-empty value", name);
+                return CONFIG_ERROR;
+            }
+            *(name[7] == '-' ? &cfg->fault_log : &cfg->faults) = value;
+            continue;
+        }
+        unsigned long long v;
+        if (parse_number(value, opt->min, opt->max, &v)) {
+            snprintf(err, errlen, "bad value '%s' for %s: expected a whole number from %llu to %llu",
+                     value, name, opt->min, opt->max);
+            return CONFIG_ERROR;
+        }
+        store_number(cfg, name, v);
+    }
+    if (!cfg->faults && env_faults && *env_faults)
+        cfg->faults = env_faults;
+    if (cfg->threads == 0)
+        cfg->threads = ep_cpu_count();
+    return CONFIG_RUN;
+}

@@ -1,0 +1,130 @@
+/* conn.c - the echo state machine of one connection.
+ *
+ * One operation is posted at a time: receive, then send until everything received
+ * was sent, then receive again. That bounds memory to one buffer per connection and
+ * makes short sends and half-close fall out naturally. */
+#include "conn.h"
+
+#include <stdlib.h>
+
+#include "alloc.h"
+#include "backend.h"
+#include "ep.h"
+#include "server.h"
+#include "stats.h"
+
+ep_alloc_fail_fn ep_alloc_fail;
+
+void *ep_alloc(size_t size, uint64_t conn, uint64_t op)
+{
+    if (ep_alloc_fail && ep_alloc_fail(conn, op))
+        return NULL;
+    return calloc(1, size);
+}
+
+/* Posts a receive. Lock held. */
+static void post_recv(struct conn *c)
+{
+    c->pending++;
+    c->recv_ops++;
+    c->srv->bk->recv(c);
+}
+
+/* Posts a send of what is still owed. Lock held. */
+static void post_send(struct conn *c)
+{
+    c->pending++;
+    c->send_ops++;
+    c->srv->bk->send(c, c->buf + c->off, c->len - c->off);
+}
+
+void conn_close_locked(struct conn *c, int reason)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    c->close_reason = reason;
+    if (c->pending > 0)
+        c->srv->bk->cancel(c);
+}
+
+/* Claims the free once the connection is closing and idle. Lock held. */
+static int claim_free(struct conn *c)
+{
+    if (!c->closing || c->pending > 0 || c->freed)
+        return 0;
+    c->freed = 1;
+    return 1;
+}
+
+/* Drops the lock and frees the connection if this completion was its last. */
+static void unlock_and_maybe_free(struct conn *c)
+{
+    int free_now = claim_free(c);
+    ep_mutex_unlock(&c->lock);
+    if (free_now)
+        srv_conn_free(c);
+}
+
+void conn_start(struct conn *c)
+{
+    ep_mutex_lock(&c->lock);
+    if (c->closing || srv_stopping(c->srv))
+        conn_close_locked(c, 0); /* closed by a tick before it started */
+    else
+        post_recv(c);
+    unlock_and_maybe_free(c);
+}
+
+void *conn_recv_buffer(struct conn *c, size_t *cap)
+{
+    size_t size = c->srv->cfg->buffer_size;
+    if (!c->buf)
+        c->buf = ep_alloc(size, c->id, c->recv_ops);
+    *cap = c->buf ? size : 0;
+    return c->buf;
+}
+
+void conn_on_recv(struct conn *c, long n)
+{
+    ep_mutex_lock(&c->lock);
+    c->pending--;
+    c->last_active_ms = ep_now_ms();
+    if (c->closing) {
+        /* a late completion after our own close: nothing more to do */
+    } else if (n < 0) {
+        conn_close_locked(c, (int)n);
+    } else if (n == 0) {
+        conn_close_locked(c, 0); /* peer's half-close: nothing is owed, we only read when idle */
+    } else {
+        stats_add(bytes_in, (uint64_t)n);
+        c->len = (size_t)n;
+        c->off = 0;
+        post_send(c);
+    }
+    unlock_and_maybe_free(c);
+}
+
+void conn_on_sent(struct conn *c, long n)
+{
+    ep_mutex_lock(&c->lock);
+    c->pending--;
+    c->last_active_ms = ep_now_ms();
+    if (c->closing) {
+        /* a late completion after our own close */
+    } else if (n <= 0) {
+        conn_close_locked(c, n < 0 ? (int)n : EP_EIO);
+    } else {
+        stats_add(bytes_out, (uint64_t)n);
+        c->off += (size_t)n;
+        if (c->off < c->len)
+            post_send(c); /* short send: finish it */
+        else if (srv_stopping(c->srv))
+            conn_close_locked(c, 0); /* drained: the echo in flight is complete */
+        else {
+            c->len = c->off = 0;
+            post_recv(c);
+        }
+    }
+    unlock_and_maybe_free(c);
+}

@@ -1,0 +1,66 @@
+/* conn.h - one client connection: the echo state machine the backends drive.
+ *
+ * Life: a backend accepts a socket, asks srv_conn_new() for a context, stores its
+ * socket in conn_bk(), then calls conn_start(). From then on the core posts exactly
+ * one operation at a time (receive, then send until everything received was sent,
+ * then receive again) and the backend reports each completion exactly once through
+ * conn_on_recv() / conn_on_sent(). A connection is freed only when it is closing
+ * and no posted operation is outstanding.
+ */
+#ifndef EP_CONN_H
+#define EP_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "platform.h"
+
+struct server;
+struct worker;
+
+struct conn {
+    struct server *srv;
+    struct worker *worker;     /* owner: its list holds us, its tick times us out */
+    struct conn *prev, *next;  /* in worker->conns, under worker->lock */
+    ep_mutex lock;             /* guards everything below */
+    uint64_t id;               /* 1-based accept ordinal; fault decisions key on it */
+    char *buf;                 /* allocated on the first data, not at accept */
+    size_t len;                /* bytes received and not yet echoed */
+    size_t off;                /* bytes of buf already sent */
+    int pending;               /* posted operations not yet completed */
+    int closing;               /* conn_close() was called: post nothing more */
+    int freed;                 /* the free was claimed (by the one who saw pending reach 0) */
+    int close_reason;          /* 0 = graceful (peer EOF, shutdown, idle) or an EP_E* code */
+    int64_t last_active_ms;
+    uint64_t recv_ops, send_ops; /* operations posted so far, per direction */
+    _Alignas(16) unsigned char bk[]; /* backend state, bk_ops.conn_size bytes */
+};
+
+/* The backend's per-connection state. */
+static inline void *conn_bk(struct conn *c) { return c->bk; }
+
+/* The connection owning backend state `bk`. */
+static inline struct conn *conn_from_bk(void *bk)
+{
+    return (struct conn *)(void *)((unsigned char *)bk - offsetof(struct conn, bk));
+}
+
+/* Posts the first receive of a connection returned by srv_conn_new(). */
+void conn_start(struct conn *c);
+
+/* Writable space for the next receive (allocated on first use), NULL if out of
+ * memory. Only valid while a receive is posted. */
+void *conn_recv_buffer(struct conn *c, size_t *cap);
+
+/* Completion of a receive: n > 0 bytes were placed in conn_recv_buffer(),
+ * 0 = the peer closed its sending side, < 0 = an EP_E* error. */
+void conn_on_recv(struct conn *c, long n);
+
+/* Completion of a send: 0 < n <= requested bytes were sent, or n < 0 = EP_E* error. */
+void conn_on_sent(struct conn *c, long n);
+
+/* Starts closing (from the core's own decisions and ticks): cancels what is
+ * posted; the context is freed when the last completion arrives. Lock held. */
+void conn_close_locked(struct conn *c, int reason);
+
+#endif

@@ -1,0 +1,143 @@
+/* platform.c - POSIX and Win32 implementations of platform.h. */
+#include "platform.h"
+
+#include <stdlib.h>
+
+#include "ep.h"
+
+struct thread_start {
+    void (*fn)(void *);
+    void *arg;
+};
+
+#ifdef _WIN32
+
+void ep_mutex_init(ep_mutex *m) { InitializeCriticalSection(m); }
+void ep_mutex_destroy(ep_mutex *m) { DeleteCriticalSection(m); }
+void ep_mutex_lock(ep_mutex *m) { EnterCriticalSection(m); }
+void ep_mutex_unlock(ep_mutex *m) { LeaveCriticalSection(m); }
+
+static DWORD WINAPI thread_trampoline(LPVOID p)
+{
+    struct thread_start s = *(struct thread_start *)p;
+    free(p);
+    s.fn(s.arg);
+    return 0;
+}
+
+int ep_thread_start(ep_thread *t, void (*fn)(void *), void *arg)
+{
+    struct thread_start *s = malloc(sizeof(*s));
+    if (!s)
+        return EP_ENOMEM;
+    s->fn = fn;
+    s->arg = arg;
+    *t = CreateThread(NULL, 0, thread_trampoline, s, 0, NULL);
+    if (!*t) {
+        free(s);
+        return EP_EIO;
+    }
+    return 0;
+}
+
+void ep_thread_join(ep_thread t)
+{
+    WaitForSingleObject(t, INFINITE);
+    CloseHandle(t);
+}
+
+int64_t ep_now_ms(void) { return (int64_t)GetTickCount64(); }
+
+int ep_cpu_count(void)
+{
+    SYSTEM_INFO si;
+    GetSystemInfo(&si);
+    return si.dwNumberOfProcessors > 0 ? (int)si.dwNumberOfProcessors : 1;
+}
+
+long ep_process_handles(void)
+{
+    DWORD n = 0;
+    return GetProcessHandleCount(GetCurrentProcess(), &n) ? (long)n : -1;
+}
+
+#else
+
+#include <dirent.h>
+#include <time.h>
+#include <unistd.h>
+
+void ep_mutex_init(ep_mutex *m) { pthread_mutex_init(m, NULL); }
+void ep_mutex_destroy(ep_mutex *m) { pthread_mutex_destroy(m); }
+void ep_mutex_lock(ep_mutex *m) { pthread_mutex_lock(m); }
+void ep_mutex_unlock(ep_mutex *m) { pthread_mutex_unlock(m); }
+
+static void *thread_trampoline(void *p)
+{
+    struct thread_start s = *(struct thread_start *)p;
+    free(p);
+    s.fn(s.arg);
+    return NULL;
+}
+
+int ep_thread_start(ep_thread *t, void (*fn)(void *), void *arg)
+{
+    struct thread_start *s = malloc(sizeof(*s));
+    if (!s)
+        return EP_ENOMEM;
+    s->fn = fn;
+    s->arg = arg;
+    if (pthread_create(t, NULL, thread_trampoline, s) != 0) {
+        free(s);
+        return EP_EIO;
+    }
+    return 0;
+}
+
+void ep_thread_join(ep_thread t) { pthread_join(t, NULL); }
+
+int64_t ep_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int ep_cpu_count(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+long ep_process_handles(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    long n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n - 1; /* the directory stream's own descriptor */
+}
+
+#endif
+
+const char *ep_strerror(int err)
+{
+    switch (err) {
+    case EP_OK: return "success";
+    case EP_ECONNRESET: return "connection reset";
+    case EP_ECANCELED: return "operation cancelled";
+    case EP_ENOMEM: return "out of memory";
+    case EP_EMFILE: return "too many open sockets";
+    case EP_ENOBUFS: return "no buffer space";
+    case EP_EINVAL: return "invalid argument";
+    case EP_EADDR: return "address unavailable";
+    case EP_EPIPE: return "broken pipe";
+    case EP_ETIMEDOUT: return "timed out";
+    default: return "i/o error";
+    }
+}

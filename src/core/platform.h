@@ -1,0 +1,39 @@
+/* platform.h - the few OS services the portable core needs: mutexes, threads,
+ * a monotonic clock, CPU count, process resource counts. */
+#ifndef EP_PLATFORM_H
+#define EP_PLATFORM_H
+
+#include <stdint.h>
+
+#ifdef _WIN32
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
+typedef CRITICAL_SECTION ep_mutex;
+typedef HANDLE ep_thread;
+#else
+#include <pthread.h>
+typedef pthread_mutex_t ep_mutex;
+typedef pthread_t ep_thread;
+#endif
+
+void ep_mutex_init(ep_mutex *m);
+void ep_mutex_destroy(ep_mutex *m);
+void ep_mutex_lock(ep_mutex *m);
+void ep_mutex_unlock(ep_mutex *m);
+
+/* Starts fn(arg) on a new thread; returns 0 or EP_EIO. */
+int ep_thread_start(ep_thread *t, void (*fn)(void *), void *arg);
+void ep_thread_join(ep_thread t);
+
+/* Milliseconds from an arbitrary fixed point; never goes backwards. */
+int64_t ep_now_ms(void);
+
+/* Number of online CPUs, at least 1. */
+int ep_cpu_count(void);
+
+/* Open handles (Windows) or file descriptors (Linux) of this process, -1 if unknown. */
+long ep_process_handles(void);
+
+#endif

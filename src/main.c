@@ -1,0 +1,133 @@
+/* main.c - echoport, the server: parse, start the backend, serve, shut down. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "admin.h"
+#include "backend.h"
+#include "core/alloc.h"
+#include "core/config.h"
+#include "core/ep.h"
+#include "core/server.h"
+#include "core/stats.h"
+#include "fault.h"
+#include "net.h"
+
+#ifdef _WIN32
+#define EP_BACKEND bk_iocp
+#else
+#define EP_BACKEND bk_uring
+#endif
+
+static struct server *signalled_server;
+
+#ifdef _WIN32
+/* Ctrl-C / Ctrl-Break / close: graceful shutdown (Wine delivers SIGINT as CTRL_C_EVENT). */
+static BOOL WINAPI on_console_event(DWORD event)
+{
+    (void)event;
+    srv_request_stop(signalled_server);
+    return TRUE;
+}
+
+static void install_stop_handlers(struct server *s)
+{
+    signalled_server = s;
+    SetConsoleCtrlHandler(on_console_event, TRUE);
+}
+#else
+/* SIGINT / SIGTERM: graceful shutdown. */
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    srv_request_stop(signalled_server);
+}
+
+static void install_stop_handlers(struct server *s)
+{
+    struct sigaction sa = {0};
+    signalled_server = s;
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+#endif
+
+/* The allocator hook of the "alloc" fault site. */
+static int alloc_fault(uint64_t conn, uint64_t op)
+{
+    uint64_t aux;
+    enum fault_kind kind = fault_decide(FAULT_SITE_ALLOC, conn, op, &aux);
+    if (kind == FAULT_NONE)
+        return 0;
+    fault_record(FAULT_SITE_ALLOC, conn, op, kind, EP_ENOMEM);
+    return 1;
+}
+
+/* Activates the fault plan of the command line or environment; exits 2 when bad. */
+static void enable_faults(const struct ep_config *cfg)
+{
+    struct fault_plan plan;
+    char err[256];
+    if (!cfg->faults)
+        return;
+    if (fault_plan_parse(cfg->faults, &plan, err, sizeof(err)) ||
+        fault_enable(&plan, cfg->fault_log, err, sizeof(err))) {
+        fprintf(stderr, "echoport: %s\n", err);
+        exit(2);
+    }
+    ep_alloc_fail = alloc_fault;
+}
+
+int main(int argc, char **argv)
+{
+    static struct ep_config cfg;
+    static struct server srv;
+    struct admin admin;
+    char err[256], line[2048];
+
+    switch (config_parse(&cfg, argc, argv, getenv("ECHOPORT_FAULTS"), stdout, err, sizeof(err))) {
+    case CONFIG_EXIT:
+        return 0;
+    case CONFIG_ERROR:
+        fprintf(stderr, "echoport: %s\n", err);
+        return 2;
+    case CONFIG_RUN:
+        break;
+    }
+    enable_faults(&cfg);
+    if (net_init() || srv_init(&srv, &cfg, &EP_BACKEND)) {
+        fprintf(stderr, "echoport: cannot initialise: %s\n", net_last_error());
+        return 1;
+    }
+    if (EP_BACKEND.start(&srv, err, sizeof(err))) {
+        fprintf(stderr, "echoport: %s\n", err);
+        return 1;
+    }
+    if (cfg.admin_port >= 0) {
+        if (admin_start(&admin, &srv, (unsigned)cfg.admin_port, err, sizeof(err))) {
+            fprintf(stderr, "echoport: %s\n", err);
+            EP_BACKEND.destroy(&srv);
+            return 1;
+        }
+        fprintf(stderr, "admin on 127.0.0.1:%u\n", admin.port);
+        fflush(stderr);
+    }
+    install_stop_handlers(&srv);
+    printf("listening on %s\n", srv.bound_addr);
+    fflush(stdout);
+
+    EP_BACKEND.run(&srv);
+
+    if (cfg.admin_port >= 0)
+        admin_stop(&admin);
+    EP_BACKEND.destroy(&srv);
+    stats_format(line, sizeof(line));
+    printf("%s\n", line);
+    fflush(stdout);
+    fault_disable();
+    srv_destroy(&srv);
+    return 0;
+}

@@ -1,0 +1,121 @@
+/* test_config.c - the command line: defaults, every option, and one-line errors. */
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/config.h"
+
+static struct ep_config cfg;
+static char err[256];
+
+/* Parses a NULL-terminated argument list after the program name. */
+static enum config_result parse(const char *env_faults, const char **args)
+{
+    char *argv[32] = {"echoport"};
+    int argc = 1;
+    while (args[argc - 1])
+        argv[argc] = (char *)args[argc - 1], argc++;
+    err[0] = '\0';
+    FILE *out = fopen(
+#ifdef _WIN32
+        "NUL",
+#else
+        "/dev/null",
+#endif
+        "w");
+    enum config_result r = config_parse(&cfg, argc, argv, env_faults, out, err, sizeof(err));
+    fclose(out);
+    return r;
+}
+
+Test(config, defaults_listen_on_loopback_7007_with_16_accepts_and_16k_buffers)
+{
+    const char *args[] = {NULL};
+    cr_assert_eq(parse(NULL, args), CONFIG_RUN);
+    cr_expect_str_eq(cfg.listen_host, "127.0.0.1");
+    cr_expect_eq(cfg.listen_port, 7007);
+    cr_expect_eq(cfg.accepts, 16);
+    cr_expect_eq(cfg.buffer_size, 16384);
+    cr_expect_geq(cfg.threads, 1, "threads default to the CPU count");
+    cr_expect_eq(cfg.admin_port, -1);
+    cr_expect_eq(cfg.idle_timeout_s, 0);
+    cr_expect_eq(cfg.max_conns, 0);
+}
+
+Test(config, accepts_every_option_in_both_spellings)
+{
+    const char *args[] = {"--listen", "[::1]:0", "--threads=3", "--accepts", "4",
+                          "--buffer-size=4096", "--max-conns", "10", "--idle-timeout", "5",
+                          "--admin-port=0", "--faults", "seed=1", "--fault-log", "f.log",
+                          "--drain-timeout", "250", NULL};
+    cr_assert_eq(parse(NULL, args), CONFIG_RUN, "%s", err);
+    cr_expect_str_eq(cfg.listen_host, "::1");
+    cr_expect_eq(cfg.listen_port, 0);
+    cr_expect_eq(cfg.threads, 3);
+    cr_expect_eq(cfg.accepts, 4);
+    cr_expect_eq(cfg.buffer_size, 4096);
+    cr_expect_eq(cfg.max_conns, 10);
+    cr_expect_eq(cfg.idle_timeout_s, 5);
+    cr_expect_eq(cfg.admin_port, 0);
+    cr_expect_str_eq(cfg.faults, "seed=1");
+    cr_expect_str_eq(cfg.fault_log, "f.log");
+    cr_expect_eq(cfg.drain_timeout_ms, 250);
+}
+
+Test(config, faults_flag_wins_over_the_environment)
+{
+    const char *with_flag[] = {"--faults", "seed=2", NULL};
+    cr_assert_eq(parse("seed=9", with_flag), CONFIG_RUN);
+    cr_expect_str_eq(cfg.faults, "seed=2");
+    const char *without[] = {NULL};
+    cr_assert_eq(parse("seed=9", without), CONFIG_RUN);
+    cr_expect_str_eq(cfg.faults, "seed=9");
+}
+
+Test(config, help_and_version_exit_without_running)
+{
+    const char *help[] = {"--help", NULL}, *version[] = {"--version", NULL};
+    cr_expect_eq(parse(NULL, help), CONFIG_EXIT);
+    cr_expect_eq(parse(NULL, version), CONFIG_EXIT);
+}
+
+/* Inline arrays, not pointers: Criterion copies parameters into a new process. */
+struct bad_case {
+    int nargs;
+    char args[2][40];
+    char message_part[48];
+};
+
+ParameterizedTestParameters(config, rejects_bad_input_with_a_message_naming_it)
+{
+    static struct bad_case cases[] = {
+        {2, {"--threads", "0"}, "'0' for --threads"},
+        {2, {"--threads", "abc"}, "'abc' for --threads"},
+        {2, {"--threads", "-1"}, "'-1' for --threads"},
+        {2, {"--accepts", "99999999999999999999999"}, "for --accepts"},
+        {2, {"--buffer-size", "12k"}, "'12k' for --buffer-size"},
+        {2, {"--idle-timeout", ""}, "for --idle-timeout"},
+        {2, {"--admin-port", "65536"}, "'65536' for --admin-port"},
+        {2, {"--listen", "127.0.0.1"}, "bad address '127.0.0.1'"},
+        {2, {"--listen", "127.0.0.1:99999"}, "bad address '127.0.0.1:99999'"},
+        {2, {"--listen", "[::1:80"}, "bad address '[::1:80'"},
+        {2, {"--listen", ":80"}, "bad address ':80'"},
+        {2, {"--listen", "::1:80"}, "bad address '::1:80'"},
+        {1, {"--bogus"}, "unknown option '--bogus'"},
+        {1, {"stray"}, "unknown argument 'stray'"},
+        {1, {"--threads"}, "--threads needs a value"},
+        {2, {"--faults", ""}, "--faults needs a non-empty value"},
+        {1, {"--help=1"}, "--help takes no value"},
+    };
+    return cr_make_param_array(struct bad_case, cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+ParameterizedTest(struct bad_case *c, config, rejects_bad_input_with_a_message_naming_it)
+{
+    const char *args[3] = {c->args[0], c->nargs > 1 ? c->args[1] : NULL, NULL};
+    cr_assert_eq(parse(NULL, args), CONFIG_ERROR, "'%s' was accepted", c->args[0]);
+    cr_expect(strstr(err, c->message_part) != NULL, "message '%s' lacks '%s'", err,
+              c->message_part);
+    cr_expect(strchr(err, '\n') == NULL, "the message is one line");
+}
