@@ -109,7 +109,17 @@ struct fake_sock *fake_accept(struct fake *f)
     if (f->nsocks == FAKE_MAX_SOCKS)
         abort();
     struct fake_sock *s = &f->socks[f->nsocks++];
+    uint64_t aux, op = (uint64_t)f->accepts++;
     stats_add(sockets_opened, 1);
+    enum fault_kind kind = fault_decide(FAULT_SITE_ACCEPT, 0, op, &aux);
+    if (kind != FAULT_NONE) {
+        /* the accept failed: its socket is closed and the listener keeps going */
+        fault_record(FAULT_SITE_ACCEPT, 0, op, kind, EP_ECONNRESET);
+        stats_add(accept_errors, 1);
+        s->closes++;
+        stats_add(sockets_closed, 1);
+        return s;
+    }
     s->conn = srv_conn_new(&f->srv, 0);
     if (!s->conn) {
         s->closes++;

@@ -40,6 +40,7 @@ struct fake {
     struct server srv;
     struct fake_sock socks[FAKE_MAX_SOCKS];
     int nsocks;
+    int accepts;                /* accept ordinal: fault decisions key on it */
     int stop_accepting_calls;
     int wakes;
 };
