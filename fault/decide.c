@@ -16,9 +16,9 @@ static const enum fault_kind site_kinds[FAULT_SITES][2] = {
     [FAULT_SITE_ALLOC] = {FAULT_ALLOC_FAIL, FAULT_NONE},
 };
 
-static struct fault_plan plan_store;                 /* written only by fault_decide_install */
-static _Atomic(const struct fault_plan *) active;    /* &plan_store or NULL */
-static atomic_uint_least64_t calls;                  /* counted calls since install */
+static struct fault_plan plan_store;              /* written only by fault_decide_install */
+static _Atomic(const struct fault_plan *) active; /* &plan_store or NULL */
+static atomic_uint_least64_t calls;               /* counted calls since install */
 
 /* splitmix64's output function: a bijective 64-bit mix. */
 static uint64_t mix64(uint64_t z)

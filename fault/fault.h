@@ -95,8 +95,7 @@ uint64_t fault_calls(void);
 /* Counts an injected fault (ep_stats.faults and per kind) and logs it as
  * "fault site=recv conn=3 op=5 kind=connreset code=10054"; ignores FAULT_NONE and
  * other out-of-range kinds. Thread-safe; each line is written and flushed whole. */
-void fault_record(enum fault_site site, uint64_t conn, uint64_t op, enum fault_kind kind,
-                  int code);
+void fault_record(enum fault_site site, uint64_t conn, uint64_t op, enum fault_kind kind, int code);
 
 /* Number of faults injected of `kind` since fault_enable. */
 uint64_t fault_count(enum fault_kind kind);

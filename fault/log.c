@@ -12,9 +12,9 @@
 #include "stats.h"
 
 static atomic_uint_least64_t kind_counts[FAULT_KINDS];
-static ep_mutex log_lock;        /* initialised once by the first fault_enable, never destroyed */
+static ep_mutex log_lock; /* initialised once by the first fault_enable, never destroyed */
 static atomic_int log_lock_ready;
-static FILE *log_file;           /* guarded by log_lock */
+static FILE *log_file; /* guarded by log_lock */
 
 /* Appends " faults_<kind>=N" for every kind to buf (stats_extra_fn); returns the length. */
 static size_t format_kind_counts(char *buf, size_t len)
@@ -77,8 +77,7 @@ void fault_disable(void)
         atomic_store_explicit(&kind_counts[k], 0, memory_order_relaxed);
 }
 
-void fault_record(enum fault_site site, uint64_t conn, uint64_t op, enum fault_kind kind,
-                  int code)
+void fault_record(enum fault_site site, uint64_t conn, uint64_t op, enum fault_kind kind, int code)
 {
     char line[160];
     if ((unsigned)kind >= FAULT_KINDS)

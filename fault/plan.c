@@ -9,19 +9,30 @@
 #include "ep.h"
 
 static const char *const kind_names[FAULT_KINDS] = {
-    [FAULT_CONNRESET] = "connreset",         [FAULT_PARTIAL_SEND] = "partial_send",
-    [FAULT_ZERO_READ] = "zero_read",         [FAULT_ACCEPT_FAIL] = "accept_fail",
-    [FAULT_SETSOCKOPT_FAIL] = "setsockopt_fail", [FAULT_ALLOC_FAIL] = "alloc_fail",
+    [FAULT_CONNRESET] = "connreset",
+    [FAULT_PARTIAL_SEND] = "partial_send",
+    [FAULT_ZERO_READ] = "zero_read",
+    [FAULT_ACCEPT_FAIL] = "accept_fail",
+    [FAULT_SETSOCKOPT_FAIL] = "setsockopt_fail",
+    [FAULT_ALLOC_FAIL] = "alloc_fail",
 };
 
 static const char *const site_names[FAULT_SITES] = {
-    [FAULT_SITE_RECV] = "recv",             [FAULT_SITE_SEND] = "send",
-    [FAULT_SITE_ACCEPT] = "accept",         [FAULT_SITE_SETSOCKOPT] = "setsockopt",
+    [FAULT_SITE_RECV] = "recv",     [FAULT_SITE_SEND] = "send",
+    [FAULT_SITE_ACCEPT] = "accept", [FAULT_SITE_SETSOCKOPT] = "setsockopt",
     [FAULT_SITE_ALLOC] = "alloc",
 };
 
 /* Keys 0 .. FAULT_KINDS-1 are the per-kind probabilities, named after their kind. */
-enum plan_key { KEY_SEED = FAULT_KINDS, KEY_NTH, KEY_COUNT, KEY_PERSIST, KEY_SITES, KEY_CONN, KEYS };
+enum plan_key {
+    KEY_SEED = FAULT_KINDS,
+    KEY_NTH,
+    KEY_COUNT,
+    KEY_PERSIST,
+    KEY_SITES,
+    KEY_CONN,
+    KEYS
+};
 
 static const char *const other_key_names[KEYS - FAULT_KINDS] = {
     [KEY_SEED - FAULT_KINDS] = "seed",   [KEY_NTH - FAULT_KINDS] = "nth",
@@ -41,8 +52,8 @@ struct span {
 /* What the parser has seen so far besides the plan itself. */
 struct parse_state {
     struct fault_plan plan;
-    unsigned seen;           /* bit per enum plan_key */
-    struct span count_tok;   /* for the cross-token checks */
+    unsigned seen;         /* bit per enum plan_key */
+    struct span count_tok; /* for the cross-token checks */
     struct span persist_tok;
 };
 
@@ -290,8 +301,7 @@ int fault_plan_parse(const char *text, struct fault_plan *plan, char *err, size_
     if (st.persist_tok.s && !nth)
         return fail(err, errlen, st.persist_tok, "persist needs nth", NULL);
     if (st.count_tok.s && st.persist_tok.s)
-        return fail(err, errlen,
-                    st.count_tok.s > st.persist_tok.s ? st.count_tok : st.persist_tok,
+        return fail(err, errlen, st.count_tok.s > st.persist_tok.s ? st.count_tok : st.persist_tok,
                     "count and persist are exclusive", NULL);
     *plan = st.plan;
     return 0;

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "backend.h"
@@ -70,7 +71,7 @@ struct uworker {
     unsigned nbufs;
     struct ureq accept_req, backoff_req, wake_req;
     struct __kernel_timespec backoff_ts;
-    int accept_armed, backoff_armed, rearm_accept;
+    int accept_armed, backoff_armed, rearm_accept, cancel_accept;
     int stop, stop_counted;
     unsigned err_streak;
     int tick_now;
@@ -148,6 +149,7 @@ static void recycle_buffer(struct uworker *w, unsigned bid)
 
 /* ---- accepts ---------------------------------------------------------------------- */
 
+/* Closes the shared listener once, whoever gets here first. */
 static void close_listener(struct uring_state *st)
 {
     int fd = atomic_exchange(&st->lfd, -1);
@@ -206,28 +208,43 @@ static void accept_ended(struct uworker *w, int res)
     }
 }
 
-/* Applies the accept_fail fault to a fresh socket: closes it and returns -errno,
- * or returns fd untouched. Accept ordinals are global, as accepts race across rings. */
-static int accept_fault(struct uworker *w, int fd)
+/* Applies a fault of `site` to the fresh socket of accept `op`: closes the socket
+ * and returns -errno when one fires, else returns fd. */
+static int fault_fresh_socket(enum fault_site site, uint64_t op, int fd)
 {
-    static const int codes[] = {ECONNABORTED, EMFILE, ENOBUFS};
+    static const int accept_codes[] = {ECONNABORTED, EMFILE, ENOBUFS};
     uint64_t aux = 0;
-    if (!fault_active())
+    enum fault_kind kind = fault_decide(site, 0, op, &aux);
+    if (kind == FAULT_NONE)
         return fd;
-    uint64_t op = atomic_fetch_add(&w->st->accept_ordinal, 1) + 1;
-    if (fault_decide(FAULT_SITE_ACCEPT, 0, op, &aux) != FAULT_ACCEPT_FAIL)
-        return fd;
-    int code = codes[aux % EP_ARRAY_LEN(codes)];
-    fault_record(FAULT_SITE_ACCEPT, 0, op, FAULT_ACCEPT_FAIL, code);
+    int code = site == FAULT_SITE_ACCEPT ? accept_codes[aux % EP_ARRAY_LEN(accept_codes)] : EINVAL;
+    fault_record(site, 0, op, kind, code);
     close_socket(fd);
     return -code;
 }
 
-/* Gives an accepted socket to the core, or closes it when the core refuses. */
-static void hand_off(struct uworker *w, int fd)
+/* Readies an accepted socket (faults, TCP_NODELAY): fd, or -errno once it is closed.
+ * Accept ordinals are global, as accepts race across rings. */
+static int prepare_socket(struct uworker *w, int fd)
 {
     int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (fault_active()) {
+        uint64_t op = atomic_fetch_add(&w->st->accept_ordinal, 1) + 1;
+        fd = fault_fresh_socket(FAULT_SITE_ACCEPT, op, fd);
+        if (fd >= 0)
+            fd = fault_fresh_socket(FAULT_SITE_SETSOCKOPT, op, fd);
+    }
+    if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))) {
+        int code = errno;
+        close_socket(fd);
+        return -code;
+    }
+    return fd;
+}
+
+/* Gives a ready socket to the core, or closes it when the core refuses. */
+static void hand_off(struct uworker *w, int fd)
+{
     struct conn *c = srv_conn_new(w->srv, w->index);
     if (!c) {
         close_socket(fd);
@@ -248,7 +265,7 @@ static void on_accept(struct uworker *w, int res, unsigned flags)
     if (res >= 0) {
         stats_add(sockets_opened, 1);
         w->err_streak = 0;
-        res = accept_fault(w, res);
+        res = prepare_socket(w, res);
         if (res >= 0)
             hand_off(w, res);
     }
@@ -269,3 +286,538 @@ static void on_backoff(struct uworker *w)
     else
         arm_accept(w);
 }
+
+/* Posts the cancellation of this ring's accept and back-off timer; retried by the
+ * loop while the SQ is full. */
+static void cancel_accepting(struct uworker *w)
+{
+    struct ureq *targets[2] = {w->accept_armed ? &w->accept_req : NULL,
+                               w->backoff_armed ? &w->backoff_req : NULL};
+    w->cancel_accept = 0;
+    for (int i = 0; i < 2; i++) {
+        struct io_uring_sqe *sqe = targets[i] ? get_sqe(w) : NULL;
+        if (targets[i] && !sqe) {
+            w->cancel_accept = 1;
+            continue;
+        }
+        if (sqe) {
+            io_uring_prep_cancel(sqe, targets[i], 0);
+            io_uring_sqe_set_data(sqe, NULL);
+        }
+    }
+}
+
+/* ---- connection operations -------------------------------------------------------- */
+
+/* Applies the fault plan to a recv/send about to be posted; may shorten *len.
+ * Returns 1 when the operation was replaced by a synthesized completion. */
+static int inject(struct uconn *u, struct conn *c, enum fault_site site, uint64_t op,
+                  size_t *len)
+{
+    uint64_t aux = 0;
+    enum fault_kind kind = fault_decide(site, c->id, op, &aux);
+    if (kind == FAULT_CONNRESET) {
+        fault_record(site, c->id, op, kind, ECONNRESET);
+        if (aux & 1) {
+            defer(u->w, &u->req, -ECONNRESET); /* fails "at once" */
+            return 1;
+        }
+        u->req.fail_reset = 1; /* fails "on completion", after the real I/O */
+    } else if (kind == FAULT_ZERO_READ && site == FAULT_SITE_RECV) {
+        fault_record(site, c->id, op, kind, 0);
+        defer(u->w, &u->req, 0);
+        return 1;
+    } else if (kind == FAULT_PARTIAL_SEND && site == FAULT_SITE_SEND && *len > 1) {
+        *len = 1 + (size_t)(aux % (*len - 1));
+        fault_record(site, c->id, op, kind, 0);
+    }
+    return 0;
+}
+
+/* Resets c's request for a new operation of `kind`. */
+static struct ureq *begin_op(struct uconn *u, unsigned char kind)
+{
+    u->req.kind = kind;
+    u->req.fail_reset = 0;
+    return &u->req;
+}
+
+/* Posts a receive into a provided buffer of the ring: nothing is pinned while idle. */
+static void uring_recv(struct conn *c)
+{
+    struct uconn *u = conn_bk(c);
+    size_t len = c->srv->cfg->buffer_size;
+    struct ureq *r = begin_op(u, OPK_RECV);
+    if (fault_active() && inject(u, c, FAULT_SITE_RECV, c->recv_ops, &len))
+        return;
+    struct io_uring_sqe *sqe = get_sqe(u->w);
+    if (!sqe) {
+        defer(u->w, r, -EBUSY);
+        return;
+    }
+    io_uring_prep_recv(sqe, u->fd, NULL, len, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = BUF_GROUP;
+    io_uring_sqe_set_data(sqe, r);
+}
+
+/* Posts a receive straight into the connection's buffer: the fallback when the
+ * provided-buffer ring ran dry (-ENOBUFS is not an error). */
+static void recv_plain(struct uconn *u, struct conn *c)
+{
+    size_t cap;
+    struct ureq *r = begin_op(u, OPK_RECV_PLAIN);
+    void *dst = conn_recv_buffer(c, &cap);
+    struct io_uring_sqe *sqe = dst ? get_sqe(u->w) : NULL;
+    if (!sqe) {
+        defer(u->w, r, dst ? -EBUSY : -ENOMEM);
+        return;
+    }
+    io_uring_prep_recv(sqe, u->fd, dst, cap, 0);
+    io_uring_sqe_set_data(sqe, r);
+}
+
+/* Posts a send of buf[0..len); the core finishes short sends. */
+static void uring_send(struct conn *c, const char *buf, size_t len)
+{
+    struct uconn *u = conn_bk(c);
+    struct ureq *r = begin_op(u, OPK_SEND);
+    if (len > INT32_MAX)
+        len = INT32_MAX; /* a CQE result is an int: report a short send instead */
+    if (fault_active() && inject(u, c, FAULT_SITE_SEND, c->send_ops, &len))
+        return;
+    struct io_uring_sqe *sqe = get_sqe(u->w);
+    if (!sqe) {
+        defer(u->w, r, -EBUSY);
+        return;
+    }
+    io_uring_prep_send(sqe, u->fd, buf, len, MSG_NOSIGNAL);
+    io_uring_sqe_set_data(sqe, r);
+}
+
+/* Copies n received bytes into the connection's buffer: n, or an EP_E* code. */
+static long copy_in(struct conn *c, const unsigned char *src, int n)
+{
+    size_t cap;
+    void *dst = conn_recv_buffer(c, &cap);
+    if (!dst)
+        return EP_ENOMEM;
+    if ((size_t)n > cap)
+        return EP_EIO; /* cannot happen: provided buffers are cap bytes */
+    memcpy(dst, src, (size_t)n);
+    return n;
+}
+
+/* Completes c's posted operation with a kernel result (or a synthesized one). */
+static void complete_op(struct uworker *w, struct ureq *r, int res, unsigned flags)
+{
+    struct uconn *u = container_of(r, struct uconn, req);
+    struct conn *c = conn_from_bk(u);
+    long n = res < 0 ? translate_error(res) : res;
+    if (flags & IORING_CQE_F_BUFFER) {
+        unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+        if (res > 0)
+            n = copy_in(c, w->bufs + (size_t)bid * w->srv->cfg->buffer_size, res);
+        recycle_buffer(w, bid); /* on every path, closing included */
+    }
+    if (r->fail_reset)
+        n = EP_ECONNRESET;
+    else if (r->kind == OPK_RECV && res == -ENOBUFS) {
+        recv_plain(u, c);
+        return;
+    }
+    if (r->kind == OPK_SEND)
+        conn_on_sent(c, n);
+    else
+        conn_on_recv(c, n);
+}
+
+/* Makes c's posted operation complete soon. Lock held: never calls the core. */
+static void uring_cancel(struct conn *c)
+{
+    struct uconn *u = conn_bk(c);
+    if (u->fd < 0)
+        return;
+    shutdown(u->fd, SHUT_RDWR); /* wakes a pending recv (0) or send (-EPIPE) */
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&u->w->ring);
+    if (!sqe)
+        return; /* shutdown alone suffices */
+    io_uring_prep_cancel_fd(sqe, u->fd, IORING_ASYNC_CANCEL_ALL);
+    io_uring_sqe_set_data(sqe, NULL);
+    /* submit now, while fd is still c's: a later cancel could hit a reused fd */
+    io_uring_submit(&u->w->ring);
+}
+
+/* Closes c's socket once, when the core frees c. */
+static void uring_release(struct conn *c)
+{
+    struct uconn *u = conn_bk(c);
+    if (u->fd >= 0)
+        close_socket(u->fd);
+    u->fd = -1;
+}
+
+/* ---- the worker loop -------------------------------------------------------------- */
+
+/* Polls the wake eventfd (multishot: stays armed). */
+static void arm_wake(struct uworker *w)
+{
+    struct io_uring_sqe *sqe = get_sqe(w);
+    if (!sqe)
+        return; /* ticks still come every TICK_MS */
+    io_uring_prep_poll_multishot(sqe, w->efd, POLLIN);
+    io_uring_sqe_set_data(sqe, &w->wake_req);
+}
+
+/* wake() was called: drain the eventfd and tick at once. */
+static void on_wake(struct uworker *w, int res, unsigned flags)
+{
+    uint64_t v;
+    ssize_t rc = read(w->efd, &v, sizeof(v));
+    (void)rc;
+    w->tick_now = 1;
+    if (!(flags & IORING_CQE_F_MORE) && res >= 0)
+        arm_wake(w);
+}
+
+/* Delivers the synthesized completions queued so far (not those they queue). */
+static void run_deferred(struct uworker *w)
+{
+    struct ureq *r = w->deferred;
+    w->deferred = NULL;
+    w->deferred_tail = &w->deferred;
+    while (r) {
+        struct ureq *next = r->next;
+        r->next = NULL;
+        complete_op(w, r, r->res, 0);
+        r = next;
+    }
+}
+
+/* The fields of a CQE we use, copied out so the CQ can be advanced first. */
+struct cqe_copy {
+    uint64_t user_data;
+    int res;
+    unsigned flags;
+};
+
+/* Routes one completion to its handler. */
+static void dispatch(struct uworker *w, const struct cqe_copy *e)
+{
+    struct ureq *r = (struct ureq *)(uintptr_t)e->user_data;
+    if (!r || e->user_data == LIBURING_UDATA_TIMEOUT)
+        return; /* cancel requests and liburing's own timeouts */
+    switch (r->kind) {
+    case OPK_ACCEPT:
+        on_accept(w, e->res, e->flags);
+        break;
+    case OPK_BACKOFF:
+        on_backoff(w);
+        break;
+    case OPK_WAKE:
+        on_wake(w, e->res, e->flags);
+        break;
+    default:
+        complete_op(w, r, e->res, e->flags);
+    }
+}
+
+/* Processes the completions that are there, in bounded batches. */
+static void reap(struct uworker *w)
+{
+    struct cqe_copy batch[CQE_BATCH];
+    for (int b = 0; b < MAX_BATCHES; b++) {
+        struct io_uring_cqe *cqe;
+        unsigned head, n = 0;
+        io_uring_for_each_cqe(&w->ring, head, cqe)
+        {
+            batch[n].user_data = cqe->user_data;
+            batch[n].res = cqe->res;
+            batch[n].flags = cqe->flags;
+            if (++n == CQE_BATCH)
+                break;
+        }
+        if (n == 0)
+            return;
+        io_uring_cq_advance(&w->ring, n);
+        for (unsigned i = 0; i < n; i++)
+            dispatch(w, &batch[i]);
+    }
+}
+
+/* Submits what was prepared and waits up to one tick for a completion (not at all
+ * when synthesized completions are waiting). */
+static void submit_and_wait(struct uworker *w)
+{
+    struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = TICK_MS * 1000000L};
+    struct io_uring_cqe *cqe;
+    if (w->deferred)
+        io_uring_submit(&w->ring);
+    else
+        io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL);
+}
+
+/* Nonzero when w may leave: the core is done with it and its accepting is over. */
+static int worker_finished(struct uworker *w)
+{
+    return !w->deferred && w->stop_counted && srv_worker_done(w->srv, w->index);
+}
+
+/* Enables a ring created disabled, making the calling thread its single issuer.
+ * liburing 2.3 declares io_uring_enable_rings() but does not export it. */
+static int enable_ring(struct uworker *w)
+{
+    return (int)syscall(__NR_io_uring_register, w->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS,
+                        NULL, 0);
+}
+
+/* One worker thread: its ring's loop, until shutdown has drained it. */
+static void worker_main(void *arg)
+{
+    struct uworker *w = arg;
+    int64_t next_tick = 0;
+    if (w->disabled && enable_ring(w) < 0) {
+        fprintf(stderr, "echoport: io_uring_enable_rings failed\n");
+        abort(); /* the kernel accepted R_DISABLED moments ago */
+    }
+    for (;;) {
+        if (w->rearm_accept && !w->stop)
+            arm_accept(w);
+        if (w->cancel_accept)
+            cancel_accepting(w);
+        run_deferred(w);
+        submit_and_wait(w);
+        reap(w);
+        int64_t now = ep_now_ms();
+        if (w->tick_now || now >= next_tick) {
+            w->tick_now = 0;
+            next_tick = now + TICK_MS;
+            srv_tick(w->srv, w->index);
+        }
+        if (worker_finished(w))
+            break;
+    }
+}
+
+/* ---- the bk_ops entry points ------------------------------------------------------ */
+
+/* Stops this worker's accepting; the last ring to finish closes the listener. */
+static void uring_stop_accepting(struct server *s, int worker)
+{
+    struct uring_state *st = s->bk_state;
+    struct uworker *w = &st->w[worker];
+    if (w->stop)
+        return;
+    w->stop = 1;
+    w->rearm_accept = 0;
+    cancel_accepting(w);
+    maybe_finish_accepting(w);
+}
+
+/* Wakes every worker through its eventfd; async-signal-safe. */
+static void uring_wake(struct server *s)
+{
+    struct uring_state *st = s->bk_state;
+    uint64_t one = 1;
+    if (!st)
+        return;
+    for (int i = 0; i < st->nworkers; i++) {
+        if (st->w[i].efd >= 0) {
+            ssize_t rc = write(st->w[i].efd, &one, sizeof(one));
+            (void)rc; /* a full counter already means "wake up" */
+        }
+    }
+}
+
+/* Runs worker 0 on the calling thread and the others on threads of their own. */
+static int uring_run(struct server *s)
+{
+    struct uring_state *st = s->bk_state;
+    ep_thread *threads = calloc((size_t)st->nworkers, sizeof(*threads));
+    unsigned char *started = calloc((size_t)st->nworkers, 1);
+    for (int i = 1; i < st->nworkers && threads && started; i++)
+        started[i] = ep_thread_start(&threads[i], worker_main, &st->w[i]) == 0;
+    worker_main(&st->w[0]);
+    for (int i = 1; i < st->nworkers; i++) {
+        if (started && started[i])
+            ep_thread_join(threads[i]);
+        else
+            worker_main(&st->w[i]); /* could not start: it drains here, after stop */
+    }
+    free(threads);
+    free(started);
+    return 0;
+}
+
+/* Creates w's ring: single issuer (enabled later on its own thread), cooperative
+ * task running and a large CQ; plain flags on kernels that refuse them. */
+static int init_ring(struct uworker *w)
+{
+    struct io_uring_params p;
+    memset(&p, 0, sizeof(p));
+    p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN |
+              IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_R_DISABLED;
+    p.cq_entries = RING_ENTRIES * CQ_FACTOR;
+    int rc = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &p);
+    w->disabled = rc == 0;
+    if (rc == -EINVAL) {
+        memset(&p, 0, sizeof(p));
+        p.flags = IORING_SETUP_CQSIZE;
+        p.cq_entries = RING_ENTRIES * CQ_FACTOR;
+        rc = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &p);
+    }
+    w->ring_ok = rc == 0;
+    return rc;
+}
+
+/* Registers w's provided-buffer ring, filled with buffers of cfg->buffer_size so a
+ * received chunk always fits the connection's buffer. */
+static int init_buffers(struct uworker *w)
+{
+    size_t size = w->srv->cfg->buffer_size;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    unsigned n = BUF_MAX;
+    while (n > BUF_MIN && (size_t)n * size > BUF_BUDGET)
+        n >>= 1;
+    size_t ring_bytes = n * sizeof(struct io_uring_buf);
+    void *mem = NULL;
+    if (posix_memalign(&mem, page, ring_bytes < page ? page : ring_bytes))
+        return -ENOMEM;
+    w->br = mem;
+    w->bufs = malloc((size_t)n * size);
+    if (!w->bufs)
+        return -ENOMEM;
+    w->nbufs = n;
+    struct io_uring_buf_reg reg;
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (uint64_t)(uintptr_t)w->br;
+    reg.ring_entries = n;
+    reg.bgid = BUF_GROUP;
+    int rc = io_uring_register_buf_ring(&w->ring, &reg, 0);
+    if (rc)
+        return rc;
+    io_uring_buf_ring_init(w->br);
+    for (unsigned i = 0; i < n; i++)
+        io_uring_buf_ring_add(w->br, w->bufs + (size_t)i * size, (unsigned)size,
+                              (unsigned short)i, io_uring_buf_ring_mask(n), (int)i);
+    io_uring_buf_ring_advance(w->br, (int)n);
+    return 0;
+}
+
+/* Creates worker w's ring, eventfd and buffers, and prepares its first accept. */
+static int init_worker(struct uworker *w, char *err, size_t errlen)
+{
+    const char *what = "io_uring_queue_init";
+    int rc = init_ring(w);
+    if (!rc) {
+        what = "eventfd";
+        w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        rc = w->efd < 0 ? -errno : 0;
+    }
+    if (!rc) {
+        what = "provided buffers";
+        rc = init_buffers(w);
+    }
+    if (rc) {
+        snprintf(err, errlen, "%s (worker %d): %s", what, w->index, strerror(-rc));
+        return rc == -ENOMEM ? EP_ENOMEM : EP_EIO;
+    }
+    arm_accept(w); /* submitted by the worker, the ring's single issuer */
+    arm_wake(w);
+    return 0;
+}
+
+/* Opens, binds and listens on the configured address; fills s->bound_addr. */
+static int open_listener(struct server *s, struct uring_state *st, char *err, size_t errlen)
+{
+    const struct ep_config *cfg = s->cfg;
+    struct sockaddr_storage addr;
+    socklen_t len = sizeof(addr);
+    int addrlen, one = 1;
+    int rc = net_resolve(cfg->listen_host[0] ? cfg->listen_host : NULL, cfg->listen_port, &addr,
+                         &addrlen, err, errlen);
+    if (rc)
+        return rc;
+    int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return errno == EMFILE || errno == ENFILE ? EP_EMFILE : EP_EIO;
+    }
+    stats_add(sockets_opened, 1);
+    atomic_store(&st->lfd, fd);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&addr, (socklen_t)addrlen) || listen(fd, SOMAXCONN) ||
+        getsockname(fd, (struct sockaddr *)&addr, &len)) {
+        snprintf(err, errlen, "cannot listen on %s port %u: %s", cfg->listen_host,
+                 cfg->listen_port, strerror(errno));
+        return EP_EADDR;
+    }
+    net_format((struct sockaddr *)&addr, s->bound_addr, sizeof(s->bound_addr));
+    return 0;
+}
+
+/* Releases rings, eventfds, buffers and the listener (if still open). */
+static void uring_destroy(struct server *s)
+{
+    struct uring_state *st = s->bk_state;
+    if (!st)
+        return;
+    for (int i = 0; i < st->nworkers; i++) {
+        struct uworker *w = &st->w[i];
+        if (w->ring_ok)
+            io_uring_queue_exit(&w->ring); /* also drops the buffer ring */
+        if (w->efd >= 0)
+            close(w->efd);
+        free(w->br);
+        free(w->bufs);
+    }
+    close_listener(st);
+    s->bk_state = NULL;
+    free(st->w);
+    free(st);
+}
+
+/* Creates the listener and one ring per worker; cleans up after itself on failure. */
+static int uring_start(struct server *s, char *err, size_t errlen)
+{
+    struct uring_state *st = calloc(1, sizeof(*st));
+    if (!st || !(st->w = calloc((size_t)s->nworkers, sizeof(*st->w)))) {
+        free(st);
+        snprintf(err, errlen, "out of memory");
+        return EP_ENOMEM;
+    }
+    atomic_init(&st->lfd, -1);
+    st->nworkers = s->nworkers;
+    for (int i = 0; i < st->nworkers; i++) {
+        struct uworker *w = &st->w[i];
+        w->srv = s;
+        w->st = st;
+        w->index = i;
+        w->efd = -1;
+        w->deferred_tail = &w->deferred;
+        w->accept_req.kind = OPK_ACCEPT;
+        w->backoff_req.kind = OPK_BACKOFF;
+        w->wake_req.kind = OPK_WAKE;
+    }
+    s->bk_state = st;
+    int rc = open_listener(s, st, err, errlen);
+    for (int i = 0; i < st->nworkers && !rc; i++)
+        rc = init_worker(&st->w[i], err, errlen);
+    if (rc)
+        uring_destroy(s);
+    return rc;
+}
+
+const struct bk_ops bk_uring = {
+    .name = "io_uring",
+    .conn_size = sizeof(struct uconn),
+    .start = uring_start,
+    .run = uring_run,
+    .recv = uring_recv,
+    .send = uring_send,
+    .cancel = uring_cancel,
+    .release = uring_release,
+    .stop_accepting = uring_stop_accepting,
+    .wake = uring_wake,
+    .destroy = uring_destroy,
+};

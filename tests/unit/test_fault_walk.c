@@ -134,6 +134,7 @@ Test(fault_kind, zero_read_closes_the_connection_as_a_peer_eof)
     cr_expect_null(s->conn, "a zero-byte read closes the connection");
     cr_expect_eq(s->echoed_len, 0);
     cr_expect_eq(fault_count(FAULT_ZERO_READ), 1);
+    run_to_end();
     check_run("zero_read=1", 0);
 }
 

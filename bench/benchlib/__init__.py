@@ -1,0 +1,1 @@
+"""bench/run's modules: processes, builds, the measured sections and the report."""

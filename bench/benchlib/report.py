@@ -1,0 +1,296 @@
+"""The report: one table (rows = cells, columns = servers), targets, machine info,
+bench/results/latest.md, latest.json and the two plots."""
+import datetime
+import json
+import os
+import platform
+import subprocess
+
+from .procs import ROOT, say
+from .servers import ECHOPORT, REFERENCE, WINE_ECHOPORT, WINE_SEED, peers_of
+from .throughput import KEY_CELL
+
+RESULTS = ROOT / "bench" / "results"
+
+
+# ---- machine ----------------------------------------------------------------
+
+def machine_info():
+    def first(path, prefix):
+        try:
+            for line in open(path):
+                if line.startswith(prefix):
+                    return line.split(":", 1)[1].strip() if ":" in line else line.split("=", 1)[1]
+        except OSError:
+            pass
+        return "?"
+
+    return {
+        "cpu": first("/proc/cpuinfo", "model name"),
+        "cpus": os.cpu_count(),
+        "memory_gib": round(int(first("/proc/meminfo", "MemTotal").split()[0]) / 2**20, 1),
+        "kernel": platform.release(),
+        "os": first("/etc/os-release", "PRETTY_NAME=").strip().strip('"'),
+        "gcc": _cmd(["gcc", "-dumpfullversion"]),
+        "packages": _cmd(["dpkg-query", "-W", "-f", "${Package} ${Version}, ",
+                          "liburing-dev", "libuv1-dev", "libboost-dev", "wine"]).rstrip(", "),
+        "commit": _cmd(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "open_files_limit": _cmd(["sh", "-c", "ulimit -n"]),
+    }
+
+
+def _cmd(argv):
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def now():
+    return datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+# ---- formatting -------------------------------------------------------------
+
+def rate(x):
+    if x is None:
+        return "-"
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
+
+
+def num(x, digits=1):
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def entry(s):
+    """`msgs/s · p99 µs · CPU µs/msg` of one server in one cell, with flags."""
+    if not s:
+        return ""
+    if s.get("skipped"):
+        return "skipped"
+    if s.get("msgs_per_s") is None:
+        return "FAILED"
+    text = f"{rate(s['msgs_per_s'])} · {num(s['lat_us'].get('p99'), 0)} · {num(s.get('cpu_us'), 2)}"
+    if s.get("load_saturated"):
+        text += " !"
+    if s.get("noisy"):
+        text += " ~"
+    if s.get("errors"):
+        text += f" E{s['errors']}"
+    return text
+
+
+def best_peer(results, peers, cell, metric, better):
+    """(name, value) of the best peer in a cell: better is max or min."""
+    vals = [(n, _metric(results[n].get(cell), metric)) for n in peers if n in results]
+    vals = [(n, v) for n, v in vals if v is not None]
+    return better(vals, key=lambda nv: nv[1]) if vals else (None, None)
+
+
+def _metric(s, metric):
+    if not s or s.get("msgs_per_s") is None:
+        return None
+    return s["lat_us"].get("p99") if metric == "p99" else s.get(metric)
+
+
+def ratio(results, subject, peers, cell, metric, better):
+    name, best = best_peer(results, peers, cell, metric, better)
+    mine = _metric(results.get(subject, {}).get(cell), metric)
+    if mine is None or not best:
+        return None, name
+    return mine / best, name
+
+
+# ---- the table --------------------------------------------------------------
+
+def table(tp):
+    """Rows of the main table: cells x servers, then echoport's ratios to the best peer."""
+    results, cells = tp["results"], tp["cells"]
+    servers = [s for s in tp["servers"] if s != REFERENCE]
+    peers = peers_of(servers)
+    show_ratio = ECHOPORT in servers and peers
+    header = ["cell"] + servers + ([REFERENCE] if REFERENCE in results else [])
+    if show_ratio:
+        header += ["echoport msgs/s ÷ best", "p99 ÷ best", "CPU/msg ÷ best"]
+    rows = [header]
+    for cell in cells:
+        row = [cell] + [entry(results.get(s, {}).get(cell)) for s in servers]
+        if REFERENCE in results:
+            row.append(entry(results[REFERENCE].get(cell)))
+        if show_ratio:
+            row += [_ratio_text(results, peers, cell, m, b)
+                    for m, b in (("msgs_per_s", max), ("p99", min), ("cpu_us", min))]
+        rows.append(row)
+    return rows
+
+
+def _ratio_text(results, peers, cell, metric, better):
+    r, name = ratio(results, ECHOPORT, peers, cell, metric, better)
+    return "-" if r is None else f"{r:.2f} ({name})"
+
+
+def markdown(rows):
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(rows[0]), sep] + [line(r) for r in rows[1:]])
+
+
+LEGEND = ("Each entry: msgs/s · p99 round-trip µs · server CPU µs per echoed message "
+          "(utime+stime from /proc/PID/stat over the run ÷ messages). `!` = the load "
+          "generator used ≥ 95 % of its CPU (msgs/s then bounds the load, not the server); "
+          "`~` = other processes used ≥ 10 % of a CPU during the run (shared machine: "
+          "treat as noisy); `E<n>` = errors. Ratios: echoport ÷ the best peer for that metric (msgs/s: higher "
+          "is better; p99 and CPU: lower is better). pingpong = blocking 64 B ping-pong "
+          "between two pinned threads, the round-trip reference.")
+
+
+# ---- targets ----------------------------------------------------------------
+
+def targets(data):
+    """Issue 6's targets, each with its numbers and met/missed."""
+    out = []
+    tp = data.get("throughput")
+    if tp and ECHOPORT in tp["results"]:
+        out += _throughput_targets(tp)
+    mem = (data.get("memory") or {}).get("results", {}).get(ECHOPORT)
+    if mem and mem.get("kib_per_conn") is not None:
+        v = mem["kib_per_conn"]
+        out.append(_verdict(v <= 0.5, f"idle memory {v:.2f} KiB/conn (target ≤ 0.5)"))
+    sc = (data.get("scale") or {}).get("results", {}).get(ECHOPORT)
+    if sc:
+        out.append(_verdict(sc["errors"] == 0, f"{sc['conns']} concurrent connections: "
+                            f"{sc['errors']} errors (target 0)"))
+    wine = data.get("wine")
+    if wine:
+        r, _ = ratio(wine["results"], WINE_ECHOPORT, [WINE_SEED], KEY_CELL, "msgs_per_s", max)
+        if r is not None:
+            out.append(_verdict(r >= 1.5, f"Wine: echoport.exe ÷ seed IOCP msgs/s at "
+                                f"{KEY_CELL} = {r:.2f} (target ≥ 1.5)"))
+    return out
+
+
+def _throughput_targets(tp):
+    res, peers, out = tp["results"], peers_of(tp["servers"]), []
+    for cell in tp["cells"]:
+        for metric, better, goal, label in (("cpu_us", min, 0.8, "CPU/msg"),
+                                            ("msgs_per_s", max, 1.0, "msgs/s"),
+                                            ("p99", min, 1.0, "p99")):
+            r, name = ratio(res, ECHOPORT, peers, cell, metric, better)
+            if r is None:
+                continue
+            ok = r <= goal if better is min else r >= goal
+            sign = "≤" if better is min else "≥"
+            out.append(_verdict(ok, f"{cell}: {label} ÷ best peer ({name}) = {r:.2f} "
+                                f"(target {sign} {goal})"))
+    dma = [c for c in tp["cells"] if "dma" in c]
+    if dma and REFERENCE in res:
+        r, _ = ratio(res, ECHOPORT, [REFERENCE], dma[0], "msgs_per_s", max)
+        if r is not None:
+            out.append(_verdict(r >= 0.85, f"{dma[0]}: msgs/s ÷ pingpong = {r:.2f} "
+                                "(target ≥ 0.85)"))
+    return out
+
+
+def _verdict(ok, text):
+    return f"{'met   ' if ok else 'MISSED'} {text}"
+
+
+# ---- sections of latest.md --------------------------------------------------
+
+def memory_md(mem):
+    rows = [["server", "idle conns", "RSS before KiB", "RSS after KiB", "KiB per idle conn",
+             "probes echoed", "connect errors"]]
+    for name, m in mem["results"].items():
+        if m.get("failure"):
+            rows.append([name, "FAILED: " + m["failure"], "", "", "", "", ""])
+            continue
+        rows.append([name, str(m["conns"]), str(m["rss_before_kib"]), str(m["rss_after_kib"]),
+                     num(m["kib_per_conn"], 2), m["probes_echoed"], str(m["connect_errors"])])
+    return markdown(rows)
+
+
+def scale_md(sc):
+    rows = [["server", "conns", "wall s", "connect ms (max)", "msgs/s", "p99 µs (max)",
+             "errors", "RSS peak MiB", "KiB/conn", "projected 1M conns GiB"]]
+    for name, s in sc["results"].items():
+        if s.get("failure"):
+            rows.append([name, "FAILED: " + s["failure"]] + [""] * 8)
+            continue
+        rows.append([name, str(s["conns"]), num(s["wall_s"]), num(s["connect_ms_max"], 0),
+                     rate(s["msgs_per_s"]), num(s["p99_us_max"], 0), str(s["errors"]),
+                     num(s["rss_peak_kib"] / 1024), num(s["kib_per_conn"], 2),
+                     num(s["projected_1m_gib"], 2)])
+    return markdown(rows)
+
+
+def wine_md(wine):
+    tp = {"results": wine["results"], "cells": [KEY_CELL], "servers": list(wine["results"])}
+    return markdown(table(tp))
+
+
+def write_markdown(data):
+    parts = ["# echoport benchmark results", "",
+             "Written by `bench/run`; see DESIGN §5 and issue 6 for the protocol. Server pinned "
+             "to CPU 0, load generator to CPU 1 (`taskset`).", ""]
+    parts += _machine_md(data.get("machine", {}))
+    tp = data.get("throughput")
+    if tp:
+        parts += [f"## Throughput and latency ({tp['mode']}, {tp['date']})", "",
+                  _settings_text(tp), "", markdown(table(tp)), "", LEGEND, ""]
+        parts += [f"- {n}" for n in tp.get("notes", [])] + [""] * bool(tp.get("notes"))
+        parts += ["![msgs/s and CPU per message](msgs_cpu.png)", "",
+                  "![latency percentiles](latency_cdf.png)", ""]
+    for key, title, fn in (("memory", "Memory per idle connection", memory_md),
+                           ("scale", "Scale: concurrent echoing connections", scale_md),
+                           ("wine", "Windows build under Wine", wine_md)):
+        if data.get(key):
+            sec = data[key]
+            parts += [f"## {title} ({sec['mode']}, {sec['date']})", "", sec.get("about", ""),
+                      "", fn(sec), ""]
+    tl = targets(data)
+    if tl:
+        parts += ["## Targets (issue 6)", "", "```"] + tl + ["```", ""]
+    (RESULTS / "latest.md").write_text("\n".join(parts))
+
+
+def _machine_md(m):
+    if not m:
+        return []
+    return ["## Machine", "",
+            f"- CPU: {m['cpu']} × {m['cpus']}, {m['memory_gib']} GiB RAM",
+            f"- {m['os']}, kernel {m['kernel']}, gcc {m['gcc']}, open files limit "
+            f"{m['open_files_limit']}",
+            f"- {m['packages']}",
+            f"- echoport commit {m['commit']} (working tree as built)", ""]
+
+
+def _settings_text(tp):
+    s = tp["settings"]
+    return (f"{s['reps']} repetition(s), median; {s['duration']} s measured per run after a "
+            f"{s['warmup']} s warm-up run; load generator `{s['client']}`.")
+
+
+# ---- latest.json ------------------------------------------------------------
+
+def load_json():
+    try:
+        return json.loads((RESULTS / "latest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def save_json(data):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+
+
+def print_table(tp):
+    print(markdown(table(tp)))
+    print()
+    print(LEGEND)
+
+
+def note(msg):
+    say(msg)
+    return msg

@@ -1,0 +1,51 @@
+"""Windows build under Wine: echoport.exe against the seed-style IOCP echo at 50 x 128 B."""
+import os
+import subprocess
+from pathlib import Path
+
+from .procs import BUILD, say
+from .throughput import run_server
+
+PREFIX = BUILD / "wineprefix-bench"
+
+
+def wine_env():
+    return dict(os.environ, WINEPREFIX=str(PREFIX), WINEDEBUG="-all",
+                WINEDLLOVERRIDES="winedbg.exe=d")
+
+
+def wineserver_pids():
+    """The wineserver of our prefix: socket calls of a Wine process go through it, so its
+    CPU counts as the server's."""
+    want = f"WINEPREFIX={PREFIX}".encode()
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if (d / "comm").read_text().strip().startswith("wineserver") and \
+                    want in (d / "environ").read_bytes().split(b"\0"):
+                pids.append(int(d.name))
+        except OSError:
+            continue
+    return pids
+
+
+def run(servers, cell, st):
+    """servers: {name: argv without wine}; returns {name: {cell key: summary}}."""
+    env, out = wine_env(), {}
+    try:
+        for name, argv in servers.items():
+            out[name] = run_server(name, ["wine"] + argv, [cell], st, env=env,
+                                   extra_pids=wineserver_pids, start_timeout=120.0)
+    finally:
+        stop_prefix(env)
+    return out
+
+
+def stop_prefix(env):
+    try:
+        subprocess.run(["wineserver", "-k"], env=env, timeout=30,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        say(f"wineserver -k: {e}")

@@ -1,0 +1,745 @@
+/* backend_iocp.c - the Windows backend: one completion port, N worker threads,
+ * pre-posted AcceptEx, zero-byte WSARecv, overlapped WSASend (after nginx's
+ * ngx_iocp_module.c and libuv's src/win/tcp.c). Every socket and port call goes
+ * through sock_shim so fault plans and tests can replace it.
+ *
+ * Locking: the core calls recv/send/cancel with c->lock held; completions take
+ * c->lock only while they touch the socket (so cancel cannot close it, and a new
+ * socket reuse its handle value, under their feet) and release it before calling
+ * conn_on_*. The listener and the accept requests are guarded by accept_lock. */
+#ifdef _WIN32
+
+#include "sock_shim.h"
+
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "core/ep.h"
+#include "core/stats.h"
+#include "fault.h"
+#include "net.h"
+
+#define KEY_IO 1         /* completions of socket operations (real or fabricated) */
+#define KEY_WAKE 2       /* wake packets: tick now */
+#define BATCH 64         /* completions dequeued per GetQueuedCompletionStatusEx */
+#define TICK_MS 50       /* tick period; the contract asks for at most 100 ms */
+#define BACKOFF_MAX_MS 1000
+#define DESTROY_DRAIN_MS 2000
+/* AcceptEx wants each address slot 16 bytes larger than the largest address. */
+#define ACCEPT_ADDR_LEN ((DWORD)sizeof(struct sockaddr_storage) + 16)
+#define MAX_IO_LEN 0x40000000u /* one WSABUF at most; the core finishes short sends */
+
+enum req_kind { REQ_ACCEPT, REQ_RECV, REQ_SEND };
+
+/* One operation. The OVERLAPPED comes first so a dequeued lpOverlapped is the request. */
+struct req {
+    OVERLAPPED ov;
+    int kind;
+    struct req *next_deferred; /* on iocp.deferred when its failure could not be posted */
+};
+
+enum accept_state { AS_IDLE, AS_POSTED, AS_RETRY, AS_DEAD };
+
+struct accept_req {
+    struct req r;
+    SOCKET sock;         /* the accept socket, owned by the request while posted */
+    int state;           /* enum accept_state, under accept_lock */
+    unsigned fails;      /* consecutive failures: drives the back-off */
+    uint64_t ordinal;    /* global accept ordinal of the current post (fault key) */
+    int64_t retry_at_ms; /* with AS_RETRY: when to post again */
+    char addrs[2 * ACCEPT_ADDR_LEN];
+};
+
+/* The backend's part of a connection (conn_bk). */
+struct iocp_conn {
+    SOCKET sock;
+    int closed; /* cancel/release closed sock (under c->lock) */
+    struct req rreq, sreq;
+};
+
+struct iocp {
+    HANDLE port;
+    SOCKET listener;   /* INVALID_SOCKET once stop_accepting closed it */
+    int family;
+    CRITICAL_SECTION accept_lock;
+    struct accept_req *accepts;
+    int naccepts;
+    atomic_int accepts_posted;  /* AcceptEx posted whose completion is not handled yet */
+    atomic_int retries;         /* accept requests in AS_RETRY */
+    atomic_uint_least64_t accept_ordinal;
+    CRITICAL_SECTION deferred_lock;
+    struct req *deferred;       /* failures PostQueuedCompletionStatus could not queue */
+    atomic_int ndeferred;
+    int wsa_started;
+};
+
+struct worker_arg {
+    struct server *s;
+    int index;
+};
+
+/* Translates a Win32/Winsock error to an EP_E* code (the one translate_error). */
+static int translate_error(DWORD e)
+{
+    switch (e) {
+    case 0:
+        return 0;
+    case ERROR_OPERATION_ABORTED: /* == WSA_OPERATION_ABORTED */
+    case ERROR_NETNAME_DELETED:   /* closesocket cancels with this too (corosio #160) */
+    case WSAEINTR:
+    case WSAENOTSOCK:             /* our own close raced the call */
+        return EP_ECANCELED;
+    case WSAECONNRESET:
+    case WSAECONNABORTED:
+    case ERROR_CONNECTION_ABORTED:
+    case WSAENETRESET:
+    case WSAENOTCONN:
+        return EP_ECONNRESET;
+    case WSAESHUTDOWN:
+        return EP_EPIPE;
+    case WSAEMFILE:
+    case ERROR_TOO_MANY_OPEN_FILES:
+        return EP_EMFILE;
+    case WSAENOBUFS:
+    case ERROR_NOT_ENOUGH_MEMORY: /* == WSA_NOT_ENOUGH_MEMORY */
+    case ERROR_OUTOFMEMORY:
+        return EP_ENOBUFS;
+    case WSAETIMEDOUT:
+    case ERROR_SEM_TIMEOUT:
+        return EP_ETIMEDOUT;
+    case WSAEINVAL:
+    case WSAEFAULT:
+        return EP_EINVAL;
+    case WSAEADDRINUSE:
+    case WSAEADDRNOTAVAIL:
+    case WSAEACCES:
+        return EP_EADDR;
+    default:
+        return EP_EIO;
+    }
+}
+
+/* Closes *sock through the shim (which counts it) and forgets it. */
+static void close_socket(SOCKET *sock)
+{
+    if (*sock != INVALID_SOCKET) {
+        shim_closesocket(*sock);
+        *sock = INVALID_SOCKET;
+    }
+}
+
+/* The Winsock error of a dequeued request, 0 on success. Fabricated failures carry
+ * their code in ov.Internal; real ones are read back with WSAGetOverlappedResult,
+ * which maps the NTSTATUS (a reset shows as WSAECONNRESET there, where
+ * GetQueuedCompletionStatus would say ERROR_NETNAME_DELETED). */
+static DWORD req_error(struct req *r, SOCKET sock)
+{
+    ULONG_PTR st = r->ov.Internal;
+    if (SHIM_STATUS_IS_FABRICATED(st))
+        return SHIM_STATUS_ERROR(st);
+    if ((LONG)(DWORD)st >= 0) /* NT_SUCCESS */
+        return 0;
+    if (sock == INVALID_SOCKET)
+        return ERROR_OPERATION_ABORTED;
+    DWORD bytes = 0, flags = 0;
+    if (shim_WSAGetOverlappedResult(sock, &r->ov, &bytes, FALSE, &flags))
+        return 0;
+    DWORD e = (DWORD)WSAGetLastError();
+    return e ? e : ERROR_OPERATION_ABORTED;
+}
+
+/* Routes a synchronous failure of r through the completion path, so the core sees
+ * one error path per operation. Never calls the core. */
+static void fail_via_port(struct iocp *b, struct req *r, DWORD err)
+{
+    r->ov.Internal = SHIM_STATUS(err);
+    r->ov.InternalHigh = 0;
+    if (shim_PostQueuedCompletionStatus(b->port, 0, KEY_IO, &r->ov))
+        return;
+    /* the port could not take it: a worker picks it up on its next loop */
+    EnterCriticalSection(&b->deferred_lock);
+    r->next_deferred = b->deferred;
+    b->deferred = r;
+    atomic_fetch_add(&b->ndeferred, 1);
+    LeaveCriticalSection(&b->deferred_lock);
+}
+
+/* ---- accepts ---- */
+
+static void post_accept_locked(struct iocp *b, struct accept_req *ar);
+
+/* Parks ar for a re-post after its back-off (1 ms doubling to 1 s). accept_lock held. */
+static void schedule_retry(struct iocp *b, struct accept_req *ar)
+{
+    unsigned shift = ar->fails >= 2 ? ar->fails - 2 : 0; /* the 2nd failure waits 1 ms */
+    int64_t delay = shift >= 10 ? BACKOFF_MAX_MS : (int64_t)1 << shift;
+    if (delay > BACKOFF_MAX_MS)
+        delay = BACKOFF_MAX_MS;
+    ar->retry_at_ms = ep_now_ms() + delay;
+    ar->state = AS_RETRY;
+    atomic_fetch_add(&b->retries, 1);
+}
+
+/* An accept failed (its socket already closed): re-post at once after a first
+ * failure, else back off, so one transient failure never stops the listener
+ * (tinymux #1830) and a persistent one does not spin. accept_lock held. */
+static void accept_failed(struct iocp *b, struct accept_req *ar)
+{
+    stats_add(accept_errors, 1);
+    ar->fails++;
+    if (ar->fails == 1)
+        post_accept_locked(b, ar);
+    else
+        schedule_retry(b, ar);
+}
+
+/* Posts AcceptEx (receive length 0: a silent client must not hold it, libevent #664)
+ * with a fresh accept socket; everything the completion needs is stored before
+ * the post (zio #530). accept_lock held. */
+static void post_accept_locked(struct iocp *b, struct accept_req *ar)
+{
+    if (b->listener == INVALID_SOCKET) {
+        ar->state = AS_DEAD;
+        return;
+    }
+    SOCKET as = shim_WSASocketW(b->family, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    if (as == INVALID_SOCKET) {
+        accept_failed(b, ar);
+        return;
+    }
+    memset(&ar->r.ov, 0, sizeof(ar->r.ov));
+    ar->r.kind = REQ_ACCEPT;
+    ar->sock = as;
+    ar->ordinal = atomic_fetch_add(&b->accept_ordinal, 1) + 1;
+    ar->state = AS_POSTED;
+    atomic_fetch_add(&b->accepts_posted, 1);
+    DWORD got = 0;
+    shim_ctx_set(0, ar->ordinal);
+    BOOL ok = shim_AcceptEx(b->listener, as, ar->addrs, 0, ACCEPT_ADDR_LEN, ACCEPT_ADDR_LEN, &got,
+                            &ar->r.ov);
+    DWORD err = ok ? 0 : (DWORD)WSAGetLastError();
+    shim_ctx_clear();
+    if (ok || err == ERROR_IO_PENDING)
+        return; /* a completion comes either way: no skip-on-success mode is set */
+    /* failed at once: no completion will come */
+    atomic_fetch_sub(&b->accepts_posted, 1);
+    close_socket(&ar->sock);
+    ar->state = AS_IDLE;
+    accept_failed(b, ar);
+}
+
+/* Re-posts the accepts whose back-off has expired; returns ms until the next one is
+ * due (INT_MAX if none). */
+static int run_retries(struct iocp *b, struct server *s)
+{
+    int next = INT_MAX;
+    if (atomic_load(&b->retries) == 0)
+        return next;
+    EnterCriticalSection(&b->accept_lock);
+    int64_t now = ep_now_ms();
+    for (int i = 0; i < b->naccepts; i++) {
+        struct accept_req *ar = &b->accepts[i];
+        if (ar->state != AS_RETRY)
+            continue;
+        if (b->listener == INVALID_SOCKET || srv_stopping(s)) {
+            ar->state = AS_DEAD;
+            atomic_fetch_sub(&b->retries, 1);
+        } else if (ar->retry_at_ms <= now) {
+            atomic_fetch_sub(&b->retries, 1);
+            ar->state = AS_IDLE;
+            post_accept_locked(b, ar);
+        }
+        if (ar->state == AS_RETRY && ar->retry_at_ms - now < next)
+            next = ar->retry_at_ms - now > 0 ? (int)(ar->retry_at_ms - now) : 0;
+    }
+    LeaveCriticalSection(&b->accept_lock);
+    return next;
+}
+
+/* Hands an accepted socket to the core: port, non-blocking (for the read after a
+ * zero-byte receive), no Nagle, a context, the first receive. */
+static void serve_accepted(struct iocp *b, struct server *s, int w, SOCKET as)
+{
+    u_long nonblocking = 1;
+    BOOL one = TRUE;
+    if (!shim_CreateIoCompletionPort((HANDLE)as, b->port, KEY_IO, 0) ||
+        shim_ioctlsocket(as, FIONBIO, &nonblocking) != 0) {
+        stats_add(accept_errors, 1);
+        close_socket(&as);
+        return;
+    }
+    /* latency only: a failure here is harmless */
+    shim_setsockopt(as, IPPROTO_TCP, TCP_NODELAY, (const char *)&one, sizeof(one));
+    struct conn *c = srv_conn_new(s, w);
+    if (!c) {
+        close_socket(&as); /* refused: max-conns, stopping or no memory */
+        return;
+    }
+    struct iocp_conn *ic = conn_bk(c);
+    ic->sock = as;
+    ic->closed = 0;
+    ic->rreq.kind = REQ_RECV;
+    ic->sreq.kind = REQ_SEND;
+    conn_start(c);
+}
+
+/* An AcceptEx completion: update the context, re-post, serve. Errors of any kind
+ * close only the accept socket (CPython #93821) and are re-posted (nginx #1230). */
+static void on_accept_done(struct iocp *b, struct server *s, int w, struct accept_req *ar)
+{
+    SOCKET as = ar->sock;
+    DWORD err = req_error(&ar->r, as);
+    int serve = 0;
+    ar->sock = INVALID_SOCKET;
+    EnterCriticalSection(&b->accept_lock);
+    ar->state = AS_IDLE;
+    if (b->listener == INVALID_SOCKET) {
+        /* cancelled by stop_accepting, or completed too late to serve: compio #315 */
+        close_socket(&as);
+        ar->state = AS_DEAD;
+    } else if (err) {
+        close_socket(&as);
+        accept_failed(b, ar);
+    } else {
+        SOCKET ls = b->listener;
+        shim_ctx_set(0, ar->ordinal);
+        int rc = shim_setsockopt(as, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, (const char *)&ls,
+                                 sizeof(ls));
+        shim_ctx_clear();
+        if (rc != 0) {
+            close_socket(&as);
+            accept_failed(b, ar);
+        } else {
+            ar->fails = 0;
+            post_accept_locked(b, ar);
+            serve = 1;
+        }
+    }
+    LeaveCriticalSection(&b->accept_lock);
+    if (serve)
+        serve_accepted(b, s, w, as);
+    /* last: a worker must not leave while this accept may still re-post */
+    atomic_fetch_sub(&b->accepts_posted, 1);
+}
+
+/* ---- receive and send ---- */
+
+/* Posts the zero-byte receive of c: an idle connection holds no buffer; data is read
+ * when it completes. c->lock held. */
+static void post_zero_recv(struct iocp *b, struct conn *c, struct iocp_conn *ic)
+{
+    static char none[1];
+    WSABUF wb = {0, none};
+    DWORD flags = 0;
+    memset(&ic->rreq.ov, 0, sizeof(ic->rreq.ov));
+    if (ic->closed) {
+        fail_via_port(b, &ic->rreq, ERROR_OPERATION_ABORTED);
+        return;
+    }
+    shim_ctx_set(c->id, c->recv_ops);
+    int rc = shim_WSARecv(ic->sock, &wb, 1, NULL, &flags, &ic->rreq.ov, NULL);
+    DWORD err = rc == 0 ? 0 : (DWORD)WSAGetLastError();
+    shim_ctx_clear();
+    if (rc != 0 && err != WSA_IO_PENDING)
+        fail_via_port(b, &ic->rreq, err);
+}
+
+/* bk recv: posts a receive. c->lock held. */
+static void iocp_recv(struct conn *c)
+{
+    post_zero_recv(c->srv->bk_state, c, conn_bk(c));
+}
+
+/* bk send: posts an overlapped send of buf[0..len). c->lock held. */
+static void iocp_send(struct conn *c, const char *buf, size_t len)
+{
+    struct iocp *b = c->srv->bk_state;
+    struct iocp_conn *ic = conn_bk(c);
+    WSABUF wb = {len > MAX_IO_LEN ? MAX_IO_LEN : (ULONG)len, (char *)buf};
+    memset(&ic->sreq.ov, 0, sizeof(ic->sreq.ov));
+    if (ic->closed) {
+        fail_via_port(b, &ic->sreq, ERROR_OPERATION_ABORTED);
+        return;
+    }
+    shim_ctx_set(c->id, c->send_ops);
+    int rc = shim_WSASend(ic->sock, &wb, 1, NULL, 0, &ic->sreq.ov, NULL);
+    DWORD err = rc == 0 ? 0 : (DWORD)WSAGetLastError();
+    shim_ctx_clear();
+    if (rc != 0 && err != WSA_IO_PENDING)
+        fail_via_port(b, &ic->sreq, err);
+}
+
+/* The zero-byte receive of c completed: read what is there without blocking, or
+ * post it again if nothing is (still the same operation), then report. */
+static void on_recv_done(struct iocp *b, struct req *r)
+{
+    struct iocp_conn *ic = container_of(r, struct iocp_conn, rreq);
+    struct conn *c = conn_from_bk(ic);
+    long n;
+    ep_mutex_lock(&c->lock);
+    DWORD err = req_error(r, ic->sock);
+    if (ic->closed) {
+        n = EP_ECANCELED;
+    } else if (err == WSAEDISCON) {
+        n = 0; /* a graceful disconnect (the zero_read fault): as if the peer closed */
+    } else if (err) {
+        n = translate_error(err);
+    } else {
+        size_t cap;
+        char *buf = conn_recv_buffer(c, &cap);
+        if (!buf) {
+            n = EP_ENOMEM;
+        } else {
+            WSABUF wb = {cap > MAX_IO_LEN ? MAX_IO_LEN : (ULONG)cap, buf};
+            DWORD got = 0, flags = 0;
+            shim_ctx_set(c->id, c->recv_ops);
+            int rc = shim_WSARecv(ic->sock, &wb, 1, &got, &flags, NULL, NULL);
+            DWORD e = rc == 0 ? 0 : (DWORD)WSAGetLastError();
+            shim_ctx_clear();
+            if (rc == 0) {
+                n = (long)got; /* 0: the peer closed its side */
+            } else if (e == WSAEWOULDBLOCK) {
+                post_zero_recv(b, c, ic);
+                ep_mutex_unlock(&c->lock);
+                return;
+            } else {
+                n = translate_error(e);
+            }
+        }
+    }
+    ep_mutex_unlock(&c->lock);
+    conn_on_recv(c, n);
+}
+
+/* A send of c completed: report the bytes (short is fine) or the error. */
+static void on_send_done(struct req *r, DWORD bytes)
+{
+    struct iocp_conn *ic = container_of(r, struct iocp_conn, sreq);
+    struct conn *c = conn_from_bk(ic);
+    ep_mutex_lock(&c->lock);
+    DWORD err = req_error(r, ic->sock);
+    long n = err == 0 ? (long)bytes : ic->closed ? EP_ECANCELED : translate_error(err);
+    ep_mutex_unlock(&c->lock);
+    conn_on_sent(c, n);
+}
+
+/* Hands a dequeued request to its handler. */
+static void dispatch(struct iocp *b, struct server *s, int w, struct req *r, DWORD bytes)
+{
+    switch (r->kind) {
+    case REQ_ACCEPT:
+        on_accept_done(b, s, w, (struct accept_req *)r);
+        break;
+    case REQ_RECV:
+        on_recv_done(b, r);
+        break;
+    case REQ_SEND:
+        on_send_done(r, bytes);
+        break;
+    }
+}
+
+/* Dispatches the failures that could not be posted to the port. */
+static void drain_deferred(struct iocp *b, struct server *s, int w)
+{
+    if (atomic_load(&b->ndeferred) == 0)
+        return;
+    EnterCriticalSection(&b->deferred_lock);
+    struct req *list = b->deferred;
+    b->deferred = NULL;
+    atomic_store(&b->ndeferred, 0);
+    LeaveCriticalSection(&b->deferred_lock);
+    while (list) {
+        struct req *r = list;
+        list = r->next_deferred;
+        dispatch(b, s, w, r, 0);
+    }
+}
+
+/* ---- workers ---- */
+
+/* One worker: dequeue in batches, tick every TICK_MS, re-post due accepts, leave when
+ * the core says so and no accept of ours is outstanding. */
+static void worker_main(void *p)
+{
+    struct worker_arg *a = p;
+    struct server *s = a->s;
+    struct iocp *b = s->bk_state;
+    int w = a->index;
+    OVERLAPPED_ENTRY ev[BATCH];
+    int64_t last_tick = ep_now_ms();
+    int retry_in = INT_MAX;
+    srv_tick(s, w);
+    for (;;) {
+        int64_t now = ep_now_ms();
+        int64_t wait = last_tick + TICK_MS - now;
+        if (wait < 0)
+            wait = 0;
+        if (retry_in < wait)
+            wait = retry_in;
+        if (atomic_load(&b->ndeferred) > 0)
+            wait = 0;
+        ULONG n = 0;
+        if (!shim_GetQueuedCompletionStatusEx(b->port, ev, BATCH, &n, (DWORD)wait, FALSE)) {
+            DWORD e = GetLastError();
+            n = 0;
+            if (e == ERROR_ABANDONED_WAIT_0 || e == ERROR_INVALID_HANDLE) {
+                fprintf(stderr, "echoport: worker %d: completion port gone (%lu)\n", w,
+                        (unsigned long)e);
+                break;
+            }
+        }
+        int woken = 0;
+        for (ULONG i = 0; i < n; i++) {
+            if (ev[i].lpCompletionKey == KEY_WAKE)
+                woken = 1;
+            else if (ev[i].lpOverlapped)
+                dispatch(b, s, w, (struct req *)(void *)ev[i].lpOverlapped,
+                         ev[i].dwNumberOfBytesTransferred);
+        }
+        drain_deferred(b, s, w);
+        now = ep_now_ms();
+        if (woken || now - last_tick >= TICK_MS) {
+            srv_tick(s, w);
+            last_tick = now;
+        }
+        retry_in = run_retries(b, s);
+        if (srv_worker_done(s, w) && atomic_load(&b->accepts_posted) == 0)
+            break;
+    }
+}
+
+/* bk run: worker 0 on the calling thread, the others on their own. */
+static int iocp_run(struct server *s)
+{
+    int n = s->nworkers;
+    struct worker_arg *args = calloc((size_t)n, sizeof(*args));
+    ep_thread *threads = calloc((size_t)n, sizeof(*threads));
+    int *started = calloc((size_t)n, sizeof(*started));
+    if (!args || !threads || !started) {
+        free(args);
+        free(threads);
+        free(started);
+        struct worker_arg one = {s, 0};
+        worker_main(&one); /* no memory for more: one thread still serves */
+        return 0;
+    }
+    for (int i = 0; i < n; i++) {
+        args[i].s = s;
+        args[i].index = i;
+    }
+    for (int i = 1; i < n; i++) {
+        /* a worker that cannot start owns nothing: accepts go to the running ones */
+        started[i] = ep_thread_start(&threads[i], worker_main, &args[i]) == 0;
+        if (!started[i])
+            fprintf(stderr, "echoport: cannot start worker %d, continuing without it\n", i);
+    }
+    worker_main(&args[0]);
+    for (int i = 1; i < n; i++)
+        if (started[i])
+            ep_thread_join(threads[i]);
+    free(args);
+    free(threads);
+    free(started);
+    return 0;
+}
+
+/* bk cancel: closes the socket so its posted operations complete (aborted or
+ * net-name-deleted). c->lock held; never calls the core. */
+static void iocp_cancel(struct conn *c)
+{
+    struct iocp_conn *ic = conn_bk(c);
+    if (!ic->closed) {
+        close_socket(&ic->sock);
+        ic->closed = 1;
+    }
+}
+
+/* bk release: c is being freed; close its socket if cancel did not. */
+static void iocp_release(struct conn *c)
+{
+    iocp_cancel(c);
+}
+
+/* bk stop_accepting: closes the listener once, which aborts the posted AcceptEx;
+ * parked retries are dropped. Idempotent. */
+static void iocp_stop_accepting(struct server *s, int worker)
+{
+    struct iocp *b = s->bk_state;
+    (void)worker;
+    if (!b)
+        return;
+    EnterCriticalSection(&b->accept_lock);
+    close_socket(&b->listener);
+    for (int i = 0; i < b->naccepts; i++) {
+        if (b->accepts[i].state == AS_RETRY) {
+            b->accepts[i].state = AS_DEAD;
+            atomic_fetch_sub(&b->retries, 1);
+        }
+    }
+    LeaveCriticalSection(&b->accept_lock);
+}
+
+/* bk wake: one wake packet per worker; safe from a console-control or admin thread. */
+static void iocp_wake(struct server *s)
+{
+    struct iocp *b = s->bk_state;
+    if (!b || !b->port)
+        return;
+    for (int i = 0; i < s->nworkers; i++)
+        shim_PostQueuedCompletionStatus(b->port, 0, KEY_WAKE, NULL);
+}
+
+/* Frees what start created; accept requests still posted (a drain that timed out)
+ * are leaked rather than freed under the kernel's feet. */
+static void teardown(struct server *s, struct iocp *b)
+{
+    int accepts_idle = atomic_load(&b->accepts_posted) == 0;
+    for (int i = 0; accepts_idle && i < b->naccepts; i++)
+        close_socket(&b->accepts[i].sock);
+    close_socket(&b->listener);
+    if (b->port)
+        CloseHandle(b->port);
+    shim_remove_faults();
+    if (accepts_idle)
+        free(b->accepts);
+    DeleteCriticalSection(&b->accept_lock);
+    DeleteCriticalSection(&b->deferred_lock);
+    if (b->wsa_started)
+        WSACleanup();
+    free(b);
+    s->bk_state = NULL;
+}
+
+/* bk start: port, listener, AcceptEx pointer, bound address, the posted accepts. */
+static int iocp_start(struct server *s, char *err, size_t errlen)
+{
+    const struct ep_config *cfg = s->cfg;
+    struct sockaddr_storage addr;
+    int addrlen = 0;
+    struct iocp *b = calloc(1, sizeof(*b));
+    if (!b) {
+        snprintf(err, errlen, "out of memory");
+        return EP_ENOMEM;
+    }
+    s->bk_state = b;
+    b->listener = INVALID_SOCKET;
+    InitializeCriticalSection(&b->accept_lock);
+    InitializeCriticalSection(&b->deferred_lock);
+    shim_ctx_clear();
+    int rc = EP_EIO;
+    if (net_init() != 0) {
+        snprintf(err, errlen, "WSAStartup failed");
+        goto fail;
+    }
+    b->wsa_started = 1;
+    b->port = shim_CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 0);
+    if (!b->port) {
+        snprintf(err, errlen, "CreateIoCompletionPort: error %lu", (unsigned long)GetLastError());
+        goto fail;
+    }
+    rc = net_resolve(cfg->listen_host, cfg->listen_port, &addr, &addrlen, err, errlen);
+    if (rc)
+        goto fail;
+    rc = EP_EIO;
+    b->family = addr.ss_family;
+    /* no SO_REUSEADDR: on Windows it lets another socket steal the port */
+    b->listener = shim_WSASocketW(b->family, SOCK_STREAM, IPPROTO_TCP, NULL, 0,
+                                  WSA_FLAG_OVERLAPPED);
+    if (b->listener == INVALID_SOCKET) {
+        snprintf(err, errlen, "socket: %s", net_last_error());
+        goto fail;
+    }
+    if (shim_bind(b->listener, (struct sockaddr *)&addr, addrlen) != 0) {
+        rc = EP_EADDR;
+        snprintf(err, errlen, "cannot bind %s:%u: %s", cfg->listen_host, cfg->listen_port,
+                 net_last_error());
+        goto fail;
+    }
+    if (shim_listen(b->listener, SOMAXCONN) != 0) {
+        snprintf(err, errlen, "listen: %s", net_last_error());
+        goto fail;
+    }
+    if (!shim_CreateIoCompletionPort((HANDLE)b->listener, b->port, KEY_IO, 0)) {
+        snprintf(err, errlen, "cannot associate the listener: error %lu",
+                 (unsigned long)GetLastError());
+        goto fail;
+    }
+    int e = shim_load_extensions(b->listener);
+    if (e) {
+        snprintf(err, errlen, "cannot load AcceptEx: winsock error %d", e);
+        goto fail;
+    }
+    addrlen = sizeof(addr);
+    if (shim_getsockname(b->listener, (struct sockaddr *)&addr, &addrlen) != 0) {
+        snprintf(err, errlen, "getsockname: %s", net_last_error());
+        goto fail;
+    }
+    net_format((struct sockaddr *)&addr, s->bound_addr, sizeof(s->bound_addr));
+    b->naccepts = cfg->accepts > 0 ? cfg->accepts : 16;
+    b->accepts = calloc((size_t)b->naccepts, sizeof(*b->accepts));
+    if (!b->accepts) {
+        rc = EP_ENOMEM;
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < b->naccepts; i++)
+        b->accepts[i].sock = INVALID_SOCKET;
+    if (fault_active())
+        shim_install_faults(b->port, KEY_IO);
+    EnterCriticalSection(&b->accept_lock);
+    for (int i = 0; i < b->naccepts; i++)
+        post_accept_locked(b, &b->accepts[i]);
+    LeaveCriticalSection(&b->accept_lock);
+    return 0;
+fail:
+    teardown(s, b);
+    return rc;
+}
+
+/* bk destroy: closes the listener, waits (bounded) for the aborted accepts so their
+ * sockets are closed and their memory is free to release, then frees the rest. */
+static void iocp_destroy(struct server *s)
+{
+    struct iocp *b = s->bk_state;
+    if (!b)
+        return;
+    iocp_stop_accepting(s, 0);
+    int64_t deadline = ep_now_ms() + DESTROY_DRAIN_MS;
+    while (atomic_load(&b->accepts_posted) > 0 && ep_now_ms() < deadline) {
+        OVERLAPPED_ENTRY ev[BATCH];
+        ULONG n = 0;
+        if (!shim_GetQueuedCompletionStatusEx(b->port, ev, BATCH, &n, 100, FALSE))
+            n = 0;
+        for (ULONG i = 0; i < n; i++) {
+            struct req *r = (struct req *)(void *)ev[i].lpOverlapped;
+            /* after run only accepts can be outstanding; anything else is ignored */
+            if (ev[i].lpCompletionKey == KEY_IO && r && r->kind == REQ_ACCEPT)
+                on_accept_done(b, s, 0, (struct accept_req *)r);
+        }
+    }
+    teardown(s, b);
+}
+
+const struct bk_ops bk_iocp = {
+    .name = "iocp",
+    .conn_size = sizeof(struct iocp_conn),
+    .start = iocp_start,
+    .run = iocp_run,
+    .recv = iocp_recv,
+    .send = iocp_send,
+    .cancel = iocp_cancel,
+    .release = iocp_release,
+    .stop_accepting = iocp_stop_accepting,
+    .wake = iocp_wake,
+    .destroy = iocp_destroy,
+};
+
+#else
+/* ISO C forbids an empty translation unit. */
+typedef int backend_iocp_unused;
+#endif

@@ -1,0 +1,160 @@
+"""Leaks and bounded memory: descriptors back to baseline after 500 connections with
+resets (Linux: the server's /proc/PID/fd; Wine: the private prefix's wineserver
+/proc/PID/fd, since GetProcessHandleCount reports 0 there), and a client that sends
+64 MiB without reading cannot grow the server."""
+
+import random
+import selectors
+import socket
+import time
+
+import psutil
+import pytest
+
+from echolib import (KiB, MiB, abort, assert_clean, check_echo, connect, exchange, mix_seed,
+                     payload, wait_until, wineserver_pid)
+
+# Under Wine a socket is a descriptor of the prefix's wineserver. Its count settles
+# back to the baseline exactly in practice; allow this many for descriptors Wine
+# itself may open lazily (a thread's request pipes, a cached file) meanwhile.
+WINE_FD_SLACK = 4
+
+
+def churn(srv, rnd, n=500):
+    """n connections: a third reset right after sending, a third reset after reading
+    part of the echo, a third echoed whole and closed normally."""
+    for i in range(n):
+        s = connect(srv.addr)
+        data = payload(rnd.getrandbits(63), rnd.randint(1, 32 * KiB))
+        if i % 3 == 2:
+            s.sendall(data)
+            got = bytearray()
+            s.settimeout(10)
+            while len(got) < len(data):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            check_echo(data, bytes(got), f"connection {i}")
+            s.close()
+            continue
+        s.setblocking(False)
+        try:
+            s.send(data)
+            if i % 3 == 1:
+                s.settimeout(5)
+                s.recv(rnd.randint(1, len(data)))
+        except OSError:
+            pass
+        abort(s)
+
+
+def quiescent(srv, base):
+    st = srv.stats()
+    held = st["sockets_opened"] - st["sockets_closed"]
+    return st if st["active"] == 0 and held == base else None
+
+
+def test_descriptors_back_to_baseline_after_500_resets(server, build, base_seed):
+    srv = server()
+    rnd = random.Random(mix_seed(base_seed, "leaks"))
+    # warm up: threads, rings and lazily opened descriptors exist before the baseline
+    for _ in range(10):
+        assert exchange(srv.addr, b"warm-up") == b"warm-up"
+    st0 = wait_until(lambda: (lambda st: st if st["active"] == 0 else None)(srv.stats()),
+                     10 * build.slowness, "active == 0 after the warm-up")
+    held0 = st0["sockets_opened"] - st0["sockets_closed"]
+    if build.name == "linux":
+        proc = psutil.Process(srv.pid)
+        fds0 = proc.num_fds()
+    else:
+        ws = wineserver_pid()
+        assert ws, "cannot find the Wine prefix's wineserver process"
+        wsproc = psutil.Process(ws)
+        fds0 = wsproc.num_fds()
+
+    churn(srv, rnd)
+
+    st = wait_until(lambda: quiescent(srv, held0), 20 * build.slowness,
+                    f"active == 0 and sockets_opened - sockets_closed == {held0} (baseline)")
+    if build.name == "linux":
+        fds = wait_until(lambda: (lambda n: n if n == fds0 else None)(proc.num_fds()), 10,
+                         f"the server's /proc/{srv.pid}/fd count back to {fds0}")
+        assert st["fds"] == st0["fds"], f"stats fds={st['fds']}, baseline {st0['fds']}"
+    else:
+        try:
+            wait_until(lambda: wsproc.num_fds() <= fds0 + WINE_FD_SLACK, 20,
+                       f"the wineserver's fd count back to {fds0} (+{WINE_FD_SLACK})")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: now {wsproc.num_fds()}, stats {st}")
+    # a connection reset before the server accepted it may end as an accept error
+    # (AcceptEx completing with WSAECONNRESET): accepted or failed, each was handled
+    assert st["accepted"] + st["accept_errors"] >= 500, st
+    srv.stop()
+    assert_clean(srv, bytes_equal=False)
+
+
+@pytest.mark.slow
+def test_slow_reader_cannot_grow_the_server(server, build, base_seed):
+    """64 MiB sent, nothing read until the sends stall (no write progress for 1 s):
+    the server must not have buffered the stream (RSS growth bounded); then every
+    byte comes back once the client reads."""
+    srv = server()
+    total = 64 * MiB
+    data = payload(mix_seed(base_seed, "slow reader"), total)
+    proc = psutil.Process(srv.pid)
+    assert exchange(srv.addr, b"warm-up") == b"warm-up"
+    rss0 = proc.memory_info().rss
+    peak = rss0
+    s = connect(srv.addr)
+    s.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(s, selectors.EVENT_WRITE)
+    sent = 0
+    stalled = False
+    deadline = time.monotonic() + 60 * build.slowness
+    try:
+        while sent < total and time.monotonic() < deadline:
+            if not sel.select(1.0):  # not writable for a whole second: the send stalls
+                stalled = True
+                break
+            try:
+                sent += s.send(memoryview(data)[sent:sent + 256 * KiB])
+            except BlockingIOError:
+                pass
+            peak = max(peak, proc.memory_info().rss)
+        growth = proc.memory_info().rss - rss0
+        peak_growth = peak - rss0
+        assert stalled, (f"the client sent {sent} of {total} bytes without stalling: the server"
+                         f" keeps reading from a client that does not read (RSS +{growth >> 20} MiB)")
+        if build.name == "linux":
+            assert peak_growth < 32 * MiB, (f"server RSS grew {peak_growth >> 20} MiB while"
+                                            f" the client did not read ({sent} bytes sent)")
+        # now read everything, sending the rest
+        got = bytearray()
+        eof = False
+        sel.modify(s, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        while len(got) < total and not eof and time.monotonic() < deadline:
+            for key, mask in sel.select(1.0):
+                if mask & selectors.EVENT_WRITE and sent < total:
+                    try:
+                        sent += s.send(memoryview(data)[sent:sent + 256 * KiB])
+                    except BlockingIOError:
+                        pass
+                if mask & selectors.EVENT_READ:
+                    try:
+                        chunk = s.recv(1 * MiB)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        eof = True
+                        break
+                    got += chunk
+            if sent == total:
+                sel.modify(s, selectors.EVENT_READ)
+        check_echo(data, bytes(got), f"slow reader, after reading (stalled at {sent} bytes)")
+    finally:
+        sel.close()
+        s.close()
+    srv.stop()
+    assert_clean(srv)

@@ -1,0 +1,228 @@
+"""The server's life: start-up output, graceful shutdown (admin, signals), the final
+stats equalities, bad command lines, --max-conns, --idle-timeout."""
+
+import random
+import socket
+import threading
+import time
+
+import pytest
+
+from echolib import (KiB, MiB, EchoportError, Session, assert_clean, check_echo, connect, echo,
+                     exchange, mix_seed, parse_stats, payload, run_cli, run_sessions, served,
+                     wait_eof, wait_until)
+
+STOPS = {"linux": ["admin", "sigint", "sigterm"], "windows": ["admin", "sigint"]}
+
+
+@pytest.mark.parametrize("via", ["admin", "sigint", "sigterm"])
+def test_graceful_shutdown(server, build, base_seed, via):
+    """Echo traffic, idle clients left open, then a stop request: the idle clients
+    get EOF, the server prints a final stats line, exits 0, and the books balance."""
+    if via not in STOPS[build.name]:
+        pytest.skip(f"{via} is not a stop request on {build.name} (Wine turns only SIGINT into"
+                    " CTRL_C_EVENT)")
+    srv = server()
+    rnd = random.Random(mix_seed(base_seed, "shutdown", via))
+    sessions = [Session(srv.addr, payload(rnd.getrandbits(63), rnd.randint(1, 256 * KiB)))
+                for _ in range(10)]
+    run_sessions(sessions, 60)
+    for s in sessions:
+        check_echo(s.data, bytes(s.got))
+    idle = [connect(srv.addr) for _ in range(5)]
+    for c in idle:
+        assert exchange_on(c, b"ping") == b"ping"
+    live = srv.stats()
+    assert live["active"] == 5, f"5 idle clients open, stats say active={live['active']}"
+    final = srv.stop(via=via)
+    for i, c in enumerate(idle):
+        data, how = wait_eof(c, 10 * build.slowness)
+        assert how in ("eof", "reset") and data == b"", f"idle client {i}: {how} {data!r}"
+        c.close()
+    assert_clean(srv)
+    assert final["accepted"] == 15 and final["closed"] == 15, srv.final_line
+    total = sum(len(s.data) for s in sessions) + 5 * 4
+    assert final["bytes_in"] == total, f"bytes_in={final['bytes_in']}, clients sent {total}"
+
+
+def exchange_on(sock, msg, timeout=10.0):
+    sock.sendall(msg)
+    got = b""
+    sock.settimeout(timeout)
+    while len(got) < len(msg):
+        chunk = sock.recv(len(msg) - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def test_shutdown_lets_an_echo_in_flight_finish(server, build, base_seed):
+    """A stop request while a client streams: what it gets is a prefix of what it
+    sent, then EOF; every byte the server took in was sent back (bytes_in == bytes_out)."""
+    srv = server()
+    data = payload(mix_seed(base_seed, "inflight"), 64 * MiB)
+    s = connect(srv.addr)
+    s.setblocking(False)
+    sent, got = 0, bytearray()
+    import selectors
+    sel = selectors.DefaultSelector()
+    sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE)
+    stop_at = 2 * MiB
+    stopped = False
+    deadline = time.monotonic() + 60 * build.slowness
+    eof = False
+    try:
+        while not eof and time.monotonic() < deadline:
+            if not stopped and len(got) >= stop_at:
+                srv.request_stop("admin")
+                stopped = True
+            for key, mask in sel.select(0.5):
+                if mask & selectors.EVENT_WRITE and sent < len(data):
+                    try:
+                        sent += s.send(memoryview(data)[sent:sent + 256 * KiB])
+                    except BlockingIOError:
+                        pass
+                    except (BrokenPipeError, ConnectionResetError):
+                        sent = len(data)
+                if mask & selectors.EVENT_READ:
+                    try:
+                        chunk = s.recv(256 * KiB)
+                    except BlockingIOError:
+                        continue
+                    except ConnectionResetError:
+                        eof = True
+                        break
+                    if not chunk:
+                        eof = True
+                        break
+                    got += chunk
+            if sent >= len(data):
+                sel.modify(s, selectors.EVENT_READ)
+    finally:
+        sel.close()
+        s.close()
+    assert stopped, f"never got {stop_at} bytes back before the deadline ({len(got)})"
+    assert eof, f"no EOF after the stop request ({len(got)} bytes back)"
+    assert bytes(got) == data[:len(got)], "the echo before EOF is not a prefix of the stream"
+    srv.wait_exit()
+    assert srv.returncode == 0, f"exit {srv.returncode}"
+    final = parse_stats([l for l in srv.out.lines if l.startswith("stats ")][-1])
+    srv.final = final
+    srv.final_line = [l for l in srv.out.lines if l.startswith("stats ")][-1]
+    # every byte the server took in went back out (the echo in flight was finished);
+    # the client may miss the tail: the server's close with unread input sends a RST
+    assert_clean(srv)
+    assert final["bytes_out"] >= len(got), (f"server sent {final['bytes_out']} bytes, the client"
+                                            f" got {len(got)}")
+
+
+def test_stats_line_format(server, build):
+    srv = server()
+    st = srv.stats()
+    keys = ["accepted", "closed", "active", "refused", "accept_errors", "bytes_in", "bytes_out",
+            "sockets_opened", "sockets_closed", "ctx_alloc", "ctx_free", "faults"]
+    missing = [k for k in keys if k not in st]
+    assert not missing, f"stats line lacks {missing}: {st}"
+    assert ("fds" if build.name == "linux" else "handles") in st, st
+    assert srv.admin("ping") == "pong"
+    assert srv.admin("frobnicate").startswith("error"), "unknown admin commands are errors"
+    srv.stop()
+    assert_clean(srv)
+
+
+BAD_CLI = {
+    "threads_0": (["--threads", "0"], None, "--threads"),
+    "listen_nonsense": (["--listen", "nonsense"], None, "nonsense"),
+    "listen_bad_port": (["--listen", "127.0.0.1:70000"], None, "70000"),
+    "unknown_option": (["--frobnicate"], None, "--frobnicate"),
+    "missing_value": (["--threads"], None, "--threads"),
+    "faults_probability_2": (["--faults", "partial_send=2"], None, "partial_send"),
+    "faults_unknown_key": (["--faults", "seed=1,bogus=0.5"], None, "bogus"),
+    "env_faults_bogus": ([], {"ECHOPORT_FAULTS": "bogus=1"}, "bogus"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CLI))
+def test_bad_command_line_exits_2_with_one_line(build, case):
+    args, env, named = BAD_CLI[case]
+    rc, out, err = run_cli(build, ["--listen", "127.0.0.1:0"] + args
+                           if "--listen" not in args else args, env)
+    lines = err.splitlines()
+    assert rc == 2, f"exit {rc}, expected 2; stderr: {err!r}"
+    assert len(lines) == 1 and lines[0].startswith("echoport: "), (
+        f"expected one 'echoport: ...' line on stderr, got {lines!r}")
+    assert named in lines[0], f"the error should name {named!r}: {lines[0]!r}"
+    assert "listening" not in out, f"it must not start serving: {out!r}"
+
+
+def test_help_and_version(build):
+    rc, out, err = run_cli(build, ["--help"])
+    assert rc == 0 and "--listen" in out and "--faults" in out, (rc, out, err)
+    rc, out, err = run_cli(build, ["--version"])
+    assert rc == 0 and out.startswith("echoport "), (rc, out, err)
+
+
+def test_max_conns_refuses_the_extra(server, build):
+    srv = server("--max-conns", 2)
+    a, b = connect(srv.addr), connect(srv.addr)
+    assert exchange_on(a, b"alpha") == b"alpha"
+    assert exchange_on(b, b"bravo") == b"bravo"
+    c = connect(srv.addr)  # the kernel completes the handshake; the server refuses it
+    try:
+        c.sendall(b"charlie")
+    except OSError:
+        pass
+    data, how = wait_eof(c, 10 * build.slowness)
+    assert how in ("eof", "reset") and data == b"", (
+        f"the 3rd connection beyond --max-conns 2 should be closed unanswered: {how} {data!r}")
+    c.close()
+    st = srv.stats()
+    assert st["refused"] >= 1 and st["active"] == 2, st
+    assert exchange_on(a, b"still here") == b"still here"
+    a.close()
+    wait_until(lambda: srv.stats()["active"] == 1, 10 * build.slowness, "active == 1 after a close")
+    d = connect(srv.addr)
+    assert exchange_on(d, b"delta") == b"delta", "a freed slot serves a new client"
+    b.close()
+    d.close()
+    srv.stop()
+    assert_clean(srv)
+
+
+def test_idle_timeout_closes_a_quiet_client(server, build):
+    """--idle-timeout 1: a quiet client gets EOF after about a second; a client
+    that talks every 300 ms for 2.4 s meanwhile is not cut."""
+    srv = server("--idle-timeout", 1)
+    quiet, busy = connect(srv.addr), connect(srv.addr)
+    assert exchange_on(quiet, b"hello") == b"hello"
+    assert exchange_on(busy, b"hello") == b"hello"
+    t0 = time.monotonic()
+    busy_result = []
+
+    def talk():
+        pace = threading.Event()
+        try:
+            for i in range(8):
+                pace.wait(0.3)  # the busy client's traffic pattern, not synchronisation
+                msg = f"tick {i}".encode()
+                if exchange_on(busy, msg) != msg:
+                    busy_result.append(f"message {i} not echoed")
+                    return
+        except OSError as e:
+            busy_result.append(f"{type(e).__name__}: {e}")
+
+    talker = threading.Thread(target=talk, daemon=True)
+    talker.start()
+    data, how = wait_eof(quiet, 10 * build.slowness)
+    waited = time.monotonic() - t0
+    talker.join(30)
+    assert how in ("eof", "reset") and data == b"", f"quiet client: {how} {data!r}"
+    assert 0.9 <= waited <= 1.0 + 3 * build.slowness, (
+        f"quiet client closed after {waited:.2f} s with --idle-timeout 1")
+    assert not talker.is_alive() and not busy_result, f"busy client: {busy_result}"
+    assert exchange_on(busy, b"still busy") == b"still busy"
+    quiet.close()
+    busy.close()
+    srv.stop()
+    assert_clean(srv)
