@@ -4,9 +4,9 @@
  * through sock_shim so fault plans and tests can replace it.
  *
  * Locking: the core calls recv/send/cancel with c->lock held; completions take
- * c->lock only while they touch the socket (so cancel cannot close it, and a new
- * socket reuse its handle value, under their feet) and release it before calling
- * conn_on_*. The listener and the accept requests are guarded by accept_lock. */
+ * c->lock only while they touch the socket, so cancel cannot close it (and a new
+ * socket take over its handle value) under their feet, and release it before
+ * calling conn_on_*. The listener and the accept requests are under accept_lock. */
 #ifdef _WIN32
 
 #include "sock_shim.h"

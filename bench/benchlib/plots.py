@@ -32,7 +32,8 @@ def msgs_cpu(tp, path):
         ax1.bar(xs, [get(c, "msgs_per_s") / 1e3 for c in cells], width, label=name)
         if name != REFERENCE:
             ax2.bar(xs, [get(c, "cpu_us") for c in cells], width, label=name)
-    ax1.set_ylabel("k msgs/s (higher is better)")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("k msgs/s, log scale (higher is better)")
     ax2.set_ylabel("server CPU µs per message (lower is better)")
     ax2.set_xticks(range(len(cells)))
     ax2.set_xticklabels(cells, rotation=15)

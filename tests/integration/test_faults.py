@@ -37,7 +37,7 @@ def test_faults(server, build, base_seed, kind, fault_seed, tmp_path):
     plan = f"seed={fault_seed},{KINDS[kind]}"
     srv = server(faults=plan, fault_log=str(tmp_path / "faults.log"))
     rnd = random.Random(mix_seed(base_seed, "faults", kind, fault_seed))
-    nclients = 6 if build.name == "linux" else 4
+    nclients = 6
     top = int(MiB * build.scale)
     sessions = [Session(srv.addr, payload(rnd.getrandbits(63), rnd.randint(64 * KiB, top)),
                         chunks=[rnd.randint(1, 64 * KiB) for _ in range(32)],
@@ -68,6 +68,7 @@ def test_faults(server, build, base_seed, kind, fault_seed, tmp_path):
     if kind == "partial_send":
         assert set(k for k, v in counts.items() if v) <= {"partial_send"}, counts
     _TALLY.setdefault((build.name, kind), {})[fault_seed] = final["faults"]
+
 
 
 @pytest.mark.faults
