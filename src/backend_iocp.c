@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "backend_iocp.h"
 #include "core/ep.h"
 #include "core/stats.h"
 #include "fault.h"
@@ -462,55 +463,81 @@ static void drain_deferred(struct iocp *b, struct server *s, int w)
 
 /* ---- workers ---- */
 
-/* One worker: dequeue in batches, tick every TICK_MS, re-post due accepts, leave when
- * the core says so and no accept of ours is outstanding. */
+/* Where one worker's loop stands between passes. */
+struct loop_state {
+    int64_t last_tick;
+    int retry_in;    /* ms until the next accept re-post is due (INT_MAX: none) */
+    int always_tick; /* tick after every pass (the test hook's passes) */
+};
+
+/* One pass of a worker's loop: dequeue a batch (waiting at most until the next tick,
+ * the next due re-post or max_wait ms), dispatch it, tick when due, re-post due
+ * accepts. 1 when the worker may leave (the core says so and no accept of ours is
+ * outstanding), -1 when the port is gone, else 0. */
+static int worker_pass(struct server *s, int w, struct loop_state *ls, int64_t max_wait)
+{
+    struct iocp *b = s->bk_state;
+    OVERLAPPED_ENTRY ev[BATCH];
+    int64_t now = ep_now_ms();
+    int64_t wait = ls->always_tick ? max_wait : ls->last_tick + TICK_MS - now;
+    if (wait < 0)
+        wait = 0;
+    if (wait > max_wait)
+        wait = max_wait;
+    if (ls->retry_in < wait)
+        wait = ls->retry_in;
+    if (atomic_load(&b->ndeferred) > 0)
+        wait = 0;
+    ULONG n = 0;
+    if (!shim_GetQueuedCompletionStatusEx(b->port, ev, BATCH, &n, (DWORD)wait, FALSE)) {
+        DWORD e = GetLastError();
+        n = 0;
+        if (e == ERROR_ABANDONED_WAIT_0 || e == ERROR_INVALID_HANDLE) {
+            fprintf(stderr, "echoport: worker %d: completion port gone (%lu)\n", w,
+                    (unsigned long)e);
+            return -1;
+        }
+    }
+    int woken = 0;
+    for (ULONG i = 0; i < n; i++) {
+        if (ev[i].lpCompletionKey == KEY_WAKE)
+            woken = 1;
+        else if (ev[i].lpOverlapped)
+            dispatch(b, s, w, (struct req *)(void *)ev[i].lpOverlapped,
+                     ev[i].dwNumberOfBytesTransferred);
+    }
+    drain_deferred(b, s, w);
+    now = ep_now_ms();
+    if (woken || ls->always_tick || now - ls->last_tick >= TICK_MS) {
+        srv_tick(s, w);
+        ls->last_tick = now;
+    }
+    ls->retry_in = run_retries(b, s);
+    return srv_worker_done(s, w) && atomic_load(&b->accepts_posted) == 0;
+}
+
+/* One worker: passes until it may leave or the port is gone. */
 static void worker_main(void *p)
 {
     struct worker_arg *a = p;
-    struct server *s = a->s;
-    struct iocp *b = s->bk_state;
-    int w = a->index;
-    OVERLAPPED_ENTRY ev[BATCH];
-    int64_t last_tick = ep_now_ms();
-    int retry_in = INT_MAX;
-    srv_tick(s, w);
-    for (;;) {
-        int64_t now = ep_now_ms();
-        int64_t wait = last_tick + TICK_MS - now;
-        if (wait < 0)
-            wait = 0;
-        if (retry_in < wait)
-            wait = retry_in;
-        if (atomic_load(&b->ndeferred) > 0)
-            wait = 0;
-        ULONG n = 0;
-        if (!shim_GetQueuedCompletionStatusEx(b->port, ev, BATCH, &n, (DWORD)wait, FALSE)) {
-            DWORD e = GetLastError();
-            n = 0;
-            if (e == ERROR_ABANDONED_WAIT_0 || e == ERROR_INVALID_HANDLE) {
-                fprintf(stderr, "echoport: worker %d: completion port gone (%lu)\n", w,
-                        (unsigned long)e);
-                break;
-            }
-        }
-        int woken = 0;
-        for (ULONG i = 0; i < n; i++) {
-            if (ev[i].lpCompletionKey == KEY_WAKE)
-                woken = 1;
-            else if (ev[i].lpOverlapped)
-                dispatch(b, s, w, (struct req *)(void *)ev[i].lpOverlapped,
-                         ev[i].dwNumberOfBytesTransferred);
-        }
-        drain_deferred(b, s, w);
-        now = ep_now_ms();
-        if (woken || now - last_tick >= TICK_MS) {
-            srv_tick(s, w);
-            last_tick = now;
-        }
-        retry_in = run_retries(b, s);
-        if (srv_worker_done(s, w) && atomic_load(&b->accepts_posted) == 0)
-            break;
+    struct loop_state ls = {ep_now_ms(), INT_MAX, 0};
+    srv_tick(a->s, a->index);
+    while (worker_pass(a->s, a->index, &ls, INT_MAX) == 0) {
     }
+}
+
+/* Test hook (backend_iocp.h): one pass of worker w's loop on the calling thread. */
+int iocp_test_pass(struct server *s, int w, unsigned max_wait_ms)
+{
+    struct loop_state ls = {ep_now_ms(), run_retries(s->bk_state, s), 1};
+    return worker_pass(s, w, &ls, (int64_t)max_wait_ms);
+}
+
+/* Test hook (backend_iocp.h): the accept socket the request of `ov` holds. */
+SOCKET iocp_test_accept_socket(const OVERLAPPED *ov)
+{
+    const struct accept_req *ar = (const struct accept_req *)(const void *)ov;
+    return ar->r.kind == REQ_ACCEPT ? ar->sock : INVALID_SOCKET;
 }
 
 /* bk run: worker 0 on the calling thread, the others on their own. */

@@ -27,16 +27,16 @@
 #include "fault.h"
 #include "net.h"
 
-#define RING_ENTRIES 1024u        /* SQ size; the CQ is CQ_FACTOR times larger */
+#define RING_ENTRIES 1024u /* SQ size; the CQ is CQ_FACTOR times larger */
 #define CQ_FACTOR 8u
-#define CQE_BATCH 64              /* CQEs copied out per batch */
-#define MAX_BATCHES 64            /* batches per loop turn, so ticks keep their pace */
-#define TICK_MS 50                /* srv_tick every 50 ms: well inside the 100 ms bound */
-#define BACKOFF_MS 50             /* accept retry delay after EMFILE & co. */
-#define ERROR_STREAK 8            /* consecutive accept errors before backing off anyway */
+#define CQE_BATCH 64   /* CQEs copied out per batch */
+#define MAX_BATCHES 64 /* batches per loop turn, so ticks keep their pace */
+#define TICK_MS 50     /* srv_tick every 50 ms: well inside the 100 ms bound */
+#define BACKOFF_MS 50  /* accept retry delay after EMFILE & co. */
+#define ERROR_STREAK 8 /* consecutive accept errors before backing off anyway */
 #define BUF_GROUP 0
-#define BUF_BUDGET (8u << 20)     /* provided-buffer bytes per ring, roughly */
-#define BUF_MIN 8u
+#define BUF_BUDGET (8u << 20) /* provided-buffer bytes per ring, roughly */
+#define BUF_MIN 2u
 #define BUF_MAX 256u
 
 /* What a completion is for; stored in the request that user_data points to. */
@@ -59,25 +59,28 @@ struct uconn {
     struct ureq req;
 };
 
+/* One ring and everything only its worker thread touches. */
 struct uworker {
     struct io_uring ring;
     struct server *srv;
     struct uring_state *st;
     int index;
-    int ring_ok, disabled; /* ring created; created disabled (enable on its thread) */
-    int efd;               /* wake eventfd, polled by the ring */
-    struct io_uring_buf_ring *br;
+    int ring_ok, disabled;        /* ring created; created disabled (enable on its thread) */
+    int efd;                      /* wake eventfd, polled by the ring */
+    struct io_uring_buf_ring *br; /* provided buffers: nbufs of cfg->buffer_size in bufs */
     unsigned char *bufs;
     unsigned nbufs;
     struct ureq accept_req, backoff_req, wake_req;
-    struct __kernel_timespec backoff_ts;
-    int accept_armed, backoff_armed, rearm_accept, cancel_accept;
-    int stop, stop_counted;
-    unsigned err_streak;
-    int tick_now;
-    struct ureq *deferred, **deferred_tail;
+    struct __kernel_timespec backoff_ts;    /* read by the kernel while the timeout is armed */
+    int accept_armed, backoff_armed;        /* their final CQE is still to come */
+    int rearm_accept, cancel_accept;        /* retries the loop owes after a full SQ */
+    int stop, stop_counted;                 /* stop_accepting seen; counted in rings_stopped */
+    unsigned err_streak;                    /* accept errors since the last success */
+    int tick_now;                           /* woken: tick without waiting for the period */
+    struct ureq *deferred, **deferred_tail; /* synthesized completions, FIFO */
 };
 
+/* Shared by all rings: immutable after start, or atomic. */
 struct uring_state {
     atomic_int lfd;           /* the listener; -1 once closed */
     atomic_int rings_stopped; /* rings whose accepting is over for good */
@@ -142,8 +145,8 @@ static void defer(struct uworker *w, struct ureq *r, int res)
 static void recycle_buffer(struct uworker *w, unsigned bid)
 {
     size_t size = w->srv->cfg->buffer_size;
-    io_uring_buf_ring_add(w->br, w->bufs + (size_t)bid * size, (unsigned)size,
-                          (unsigned short)bid, io_uring_buf_ring_mask(w->nbufs), 0);
+    io_uring_buf_ring_add(w->br, w->bufs + (size_t)bid * size, (unsigned)size, (unsigned short)bid,
+                          io_uring_buf_ring_mask(w->nbufs), 0);
     io_uring_buf_ring_advance(w->br, 1);
 }
 
@@ -311,8 +314,7 @@ static void cancel_accepting(struct uworker *w)
 
 /* Applies the fault plan to a recv/send about to be posted; may shorten *len.
  * Returns 1 when the operation was replaced by a synthesized completion. */
-static int inject(struct uconn *u, struct conn *c, enum fault_site site, uint64_t op,
-                  size_t *len)
+static int inject(struct uconn *u, struct conn *c, enum fault_site site, uint64_t op, size_t *len)
 {
     uint64_t aux = 0;
     enum fault_kind kind = fault_decide(site, c->id, op, &aux);
@@ -567,8 +569,8 @@ static int worker_finished(struct uworker *w)
  * liburing 2.3 declares io_uring_enable_rings() but does not export it. */
 static int enable_ring(struct uworker *w)
 {
-    return (int)syscall(__NR_io_uring_register, w->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS,
-                        NULL, 0);
+    return (int)syscall(__NR_io_uring_register, w->ring.ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL,
+                        0);
 }
 
 /* One worker thread: its ring's loop, until shutdown has drained it. */
@@ -698,8 +700,8 @@ static int init_buffers(struct uworker *w)
         return rc;
     io_uring_buf_ring_init(w->br);
     for (unsigned i = 0; i < n; i++)
-        io_uring_buf_ring_add(w->br, w->bufs + (size_t)i * size, (unsigned)size,
-                              (unsigned short)i, io_uring_buf_ring_mask(n), (int)i);
+        io_uring_buf_ring_add(w->br, w->bufs + (size_t)i * size, (unsigned)size, (unsigned short)i,
+                              io_uring_buf_ring_mask(n), (int)i);
     io_uring_buf_ring_advance(w->br, (int)n);
     return 0;
 }
@@ -748,8 +750,8 @@ static int open_listener(struct server *s, struct uring_state *st, char *err, si
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *)&addr, (socklen_t)addrlen) || listen(fd, SOMAXCONN) ||
         getsockname(fd, (struct sockaddr *)&addr, &len)) {
-        snprintf(err, errlen, "cannot listen on %s port %u: %s", cfg->listen_host,
-                 cfg->listen_port, strerror(errno));
+        snprintf(err, errlen, "cannot listen on %s port %u: %s", cfg->listen_host, cfg->listen_port,
+                 strerror(errno));
         return EP_EADDR;
     }
     net_format((struct sockaddr *)&addr, s->bound_addr, sizeof(s->bound_addr));

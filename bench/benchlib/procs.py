@@ -52,6 +52,7 @@ def _kill(proc, grace=3.0, sig=signal.SIGTERM):
 def install_cleanup():
     """Children die with us: at exit, on SIGTERM/SIGHUP and on Ctrl-C."""
     atexit.register(kill_all)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
 

@@ -210,6 +210,22 @@ def memory_md(mem):
     return markdown(rows)
 
 
+def projection_md(sc, mem):
+    """1,000,000 connections, from the idle and from the active per-connection cost."""
+    lines = []
+    for name, s in sc["results"].items():
+        if s.get("failure"):
+            continue
+        m = (mem or {}).get("results", {}).get(name) or {}
+        idle = m.get("kib_per_conn")
+        idle_text = (f"{(s['rss_before_kib'] + idle * 1e6) / 2**20:.2f} GiB idle "
+                     f"({idle:.2f} KiB/conn), " if idle is not None else "")
+        lines.append(f"- {name}: 1,000,000 connections ≈ {idle_text}"
+                     f"{s['projected_1m_gib']:.2f} GiB all echoing "
+                     f"({s['kib_per_conn']:.2f} KiB/conn)")
+    return "\n".join(lines)
+
+
 def scale_md(sc):
     rows = [["server", "conns", "wall s", "connect ms (max)", "msgs/s", "p99 µs (max)",
              "errors", "RSS peak MiB", "KiB/conn", "projected 1M conns GiB"]]
@@ -248,6 +264,9 @@ def write_markdown(data):
             sec = data[key]
             parts += [f"## {title} ({sec['mode']}, {sec['date']})", "", sec.get("about", ""),
                       "", fn(sec), ""]
+            if key == "scale":
+                parts += ["Projected server memory (RSS; kernel socket memory not included):",
+                          "", projection_md(sec, data.get("memory")), ""]
     tl = targets(data)
     if tl:
         parts += ["## Targets (issue 6)", "", "```"] + tl + ["```", ""]

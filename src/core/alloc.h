@@ -10,7 +10,7 @@
 typedef int (*ep_alloc_fail_fn)(uint64_t conn, uint64_t op);
 extern ep_alloc_fail_fn ep_alloc_fail;
 
-/* calloc(1, size) unless the hook fails it; NULL on failure. */
+/* malloc(size) unless the hook fails it; NULL on failure. */
 void *ep_alloc(size_t size, uint64_t conn, uint64_t op);
 
 #endif

@@ -19,7 +19,7 @@ void *ep_alloc(size_t size, uint64_t conn, uint64_t op)
 {
     if (ep_alloc_fail && ep_alloc_fail(conn, op))
         return NULL;
-    return calloc(1, size);
+    return malloc(size);
 }
 
 /* Posts a receive. Lock held. */
@@ -122,6 +122,9 @@ void conn_on_sent(struct conn *c, long n)
         else if (srv_stopping(c->srv))
             conn_close_locked(c, 0); /* drained: the echo in flight is complete */
         else {
+            /* everything echoed: an idle connection holds no data buffer */
+            free(c->buf);
+            c->buf = NULL;
             c->len = c->off = 0;
             post_recv(c);
         }

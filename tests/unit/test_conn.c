@@ -54,6 +54,17 @@ Test(conn, echoes_one_message_exactly)
     cr_expect_eq(stats_get(bytes_out), 5);
 }
 
+Test(conn, releases_its_buffer_once_everything_was_echoed)
+{
+    struct fake_sock *s = fake_accept(&f);
+    fake_client_send(s, "hello", 5);
+    cr_assert(fake_step(s));
+    cr_expect_not_null(s->conn->buf, "the buffer holds the bytes owed");
+    cr_assert(fake_step(s));
+    cr_expect_eq(s->op, FAKE_OP_RECV);
+    cr_expect_null(s->conn->buf, "an idle connection must not keep a data buffer");
+}
+
 Test(conn, echoes_a_payload_larger_than_its_buffer_in_order)
 {
     unsigned char data[1000];
