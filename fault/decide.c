@@ -83,3 +83,12 @@ enum fault_kind fault_decide(enum fault_site site, uint64_t conn, uint64_t op, u
         *aux = mix64(h + GOLDEN_GAMMA);
     return kind;
 }
+
+int fault_alloc_fails(uint64_t conn, uint64_t op)
+{
+    enum fault_kind kind = fault_decide(FAULT_SITE_ALLOC, conn, op, NULL);
+    if (kind == FAULT_NONE)
+        return 0;
+    fault_record(FAULT_SITE_ALLOC, conn, op, kind, 0);
+    return 1;
+}

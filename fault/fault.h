@@ -92,6 +92,10 @@ enum fault_kind fault_decide(enum fault_site site, uint64_t conn, uint64_t op, u
  * horizon: a run with nth greater than this injects nothing). */
 uint64_t fault_calls(void);
 
+/* The core's allocator hook (ep_alloc_fail) for the "alloc" site: decides, and
+ * records the fault when the allocation is to fail. */
+int fault_alloc_fails(uint64_t conn, uint64_t op);
+
 /* Counts an injected fault (ep_stats.faults and per kind) and logs it as
  * "fault site=recv conn=3 op=5 kind=connreset code=10054"; ignores FAULT_NONE and
  * other out-of-range kinds. Thread-safe; each line is written and flushed whole. */

@@ -55,17 +55,6 @@ static void install_stop_handlers(struct server *s)
 }
 #endif
 
-/* The allocator hook of the "alloc" fault site. */
-static int alloc_fault(uint64_t conn, uint64_t op)
-{
-    uint64_t aux;
-    enum fault_kind kind = fault_decide(FAULT_SITE_ALLOC, conn, op, &aux);
-    if (kind == FAULT_NONE)
-        return 0;
-    fault_record(FAULT_SITE_ALLOC, conn, op, kind, EP_ENOMEM);
-    return 1;
-}
-
 /* Activates the fault plan of the command line or environment; exits 2 when bad. */
 static void enable_faults(const struct ep_config *cfg)
 {
@@ -78,7 +67,7 @@ static void enable_faults(const struct ep_config *cfg)
         fprintf(stderr, "echoport: %s\n", err);
         exit(2);
     }
-    ep_alloc_fail = alloc_fault;
+    ep_alloc_fail = fault_alloc_fails;
 }
 
 int main(int argc, char **argv)

@@ -634,8 +634,10 @@ def _on_readable(s):
             s.eof = True
             s.done = True
             return
+        start = len(s.got)
         s.got += chunk
-        if len(s.got) > len(s.data):
+        if s.got[start:] != s.data[start:start + len(chunk)]:
+            s.error = "echo differs from what was sent"  # no point waiting for more
             s.done = True
             return
         if len(s.got) == len(s.data) and not s.half_close and s.sent == len(s.data):

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "core/stats.h"
 #include "fake_backend.h"
 #include "fault.h"
@@ -26,6 +27,7 @@ static void setup(void)
 
 static void teardown(void)
 {
+    ep_alloc_fail = NULL;
     fault_disable();
     fake_destroy(&f);
 }
@@ -102,6 +104,7 @@ static void plan(const char *plan_text)
     char err[256];
     cr_assert_eq(fault_plan_parse(plan_text, &p, err, sizeof(err)), 0, "%s", err);
     cr_assert_eq(fault_enable(&p, NULL, err, sizeof(err)), 0, "%s", err);
+    ep_alloc_fail = fault_alloc_fails; /* the "alloc" site, as the server wires it */
 }
 
 /* Total faults injected since the plan was enabled. */
@@ -192,6 +195,7 @@ ParameterizedTest(struct walk *w, fault_walk, nth_call_walk_keeps_the_invariants
         run_to_end();
         uint64_t faults = injected();
         check_run(what, faults == 0);
+        ep_alloc_fail = NULL;
         fault_disable();
         fake_destroy(&f);
         if (faults == 0)

@@ -105,7 +105,7 @@ static struct {
     ULONG dequeued;    /* packets the last GetQueuedCompletionStatusEx returned */
     int deferred;      /* fabricated completions the port refused */
     /* scripts */
-    DWORD accept_fail[16]; /* the next AcceptEx calls fail at once with these, in order */
+    DWORD accept_fail[16]; /* the next AcceptEx calls fail at once with these (0: pend) */
     int naccept_fail;
     DWORD accept_fail_all; /* nonzero: every AcceptEx fails at once with it */
     int socket_fail;       /* this many next WSASocketW calls fail */
@@ -838,10 +838,10 @@ Test(iocp, accept_request_holds_its_socket_before_accept_ex_is_called)
 
 Test(iocp, accept_ex_failing_at_once_closes_its_socket_and_reposts)
 {
-    w.accept_fail[0] = WSAECONNRESET;
-    w.accept_fail[1] = WSAEMFILE;
-    w.accept_fail[2] = WSAENOBUFS;
-    w.naccept_fail = 3;
+    /* each of three requests fails once at once; its immediate re-post works */
+    static const DWORD script[] = {WSAECONNRESET, 0, WSAEMFILE, 0, WSAENOBUFS, 0};
+    memcpy(w.accept_fail, script, sizeof(script));
+    w.naccept_fail = EP_ARRAY_LEN(script);
     start();
     cr_assert_eq(pool_size(), POOL, "the failed accepts were re-posted");
     cr_assert_eq(w.ncalls, POOL + 3);
