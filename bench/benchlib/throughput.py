@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from . import procs
 from .procs import Server, say
+from .servers import REFERENCE
 
 LOAD_SATURATED_PCT = 95.0
 NOISY_PCT = 10.0  # CPU % of one core used by other processes during a run
@@ -46,6 +47,7 @@ class Settings:
     duration: float
     warmup: float  # a separate unmeasured run before each cell
     quiet_wait: float = 0.0  # wait up to this long for other processes to go quiet
+    retry_budget: float = 0.0  # seconds of re-measuring noisy runs this section may spend
 
 
 def foreign_cpu_pct(seconds=QUIET_SAMPLE_S):
@@ -66,27 +68,70 @@ def wait_quiet(max_wait):
         say(f"  machine busy ({busy:.0f} % of a CPU used by other processes): measuring anyway")
 
 
-def run_server(name, cmd, cells, st, env=None, extra_pids=None, start_timeout=20.0):
-    """Starts one server, runs every cell against it, stops it; returns {cell key: summary}."""
+def run_all(servers, cells, st, reference=False, env=None, extra_pids=None,
+            start_timeout=20.0):
+    """Rounds of: each server started in turn, every cell measured once, server stopped.
+    Repetitions are rounds, so a burst of noise on a shared machine spreads over the
+    servers instead of hitting one. servers: {name: argv}; returns {name: {cell: summary}}."""
+    runs = {name: {c.key: [] for c in cells} for name in servers}
+    if reference:
+        runs[REFERENCE] = {c.key: [] for c in cells if c.single}
+    for rnd in range(st.reps):
+        for name, cmd in servers.items():
+            got = _guarded(name, lambda: run_round(name, cmd, cells, st, rnd, env, extra_pids,
+                                                   start_timeout))
+            for key, run in got.items():
+                runs[name][key].append(run)
+        if reference:
+            for key, run in reference_round(cells, st, rnd).items():
+                runs[REFERENCE][key].append(run)
+    return {name: {key: summarize(r) for key, r in cells_runs.items()}
+            for name, cells_runs in runs.items()}
+
+
+def _guarded(name, fn):
+    """A server that cannot start fails its cells, not the whole benchmark."""
+    try:
+        return fn()
+    except RuntimeError as e:
+        say(str(e))
+        return {}
+
+
+def run_round(name, cmd, cells, st, rnd, env=None, extra_pids=None, start_timeout=20.0):
+    """Starts one server, measures every cell once, stops it; returns {cell key: run}."""
     out = {}
     with Server(name, cmd, env=env, start_timeout=start_timeout) as srv:
         if extra_pids:
             srv.extra_pids = extra_pids()
         for cell in cells:
-            say(f"{name}: {cell.key}")
+            say(f"{name}: {cell.key} (round {rnd + 1}/{st.reps})")
             out[cell.key] = run_cell(srv, cell, st)
     return out
 
 
 def run_cell(srv, cell, st):
+    """A warm-up run, then the measured one (with /dev/cpu_dma_latency held if asked)."""
     with procs.dma_latency_zero() if cell.dma else nullcontext(True) as held:
         if not held:
             return {"skipped": "/dev/cpu_dma_latency not writable"}
         wait_quiet(st.quiet_wait)
         if st.warmup > 0:
             one_run(srv, cell, st.warmup, st)
-        runs = [one_run(srv, cell, st.duration, st) for _ in range(st.reps)]
-    return summarize(runs)
+        run = one_run(srv, cell, st.duration, st)
+        while _noisy(run) and st.retry_budget > 0:
+            t0 = time.monotonic()
+            say(f"  noisy run ({run['foreign_cpu_pct']:.0f} % of a CPU used by others): again")
+            wait_quiet(st.quiet_wait)
+            again = one_run(srv, cell, st.duration, st)
+            st.retry_budget -= time.monotonic() - t0
+            if again.get("foreign_cpu_pct", 1e9) < run["foreign_cpu_pct"]:
+                run = again
+        return run
+
+
+def _noisy(run):
+    return (run.get("foreign_cpu_pct") or 0) >= NOISY_PCT
 
 
 def one_run(srv, cell, duration, st):
@@ -116,16 +161,14 @@ def _children_cpu():
     return ru.ru_utime + ru.ru_stime
 
 
-def run_reference(cells, st):
+def reference_round(cells, st, rnd):
     """The blocking ping-pong between two pinned threads, for the 1-connection cells."""
     out = {}
     for cell in (c for c in cells if c.single):
-        say(f"pingpong: {cell.key}")
+        say(f"{REFERENCE}: {cell.key} (round {rnd + 1}/{st.reps})")
         with procs.dma_latency_zero() if cell.dma else nullcontext(True) as held:
-            if not held:
-                out[cell.key] = {"skipped": "/dev/cpu_dma_latency not writable"}
-                continue
-            out[cell.key] = summarize([_pingpong(cell, st) for _ in range(st.reps)])
+            out[cell.key] = _pingpong(cell, st) if held else {
+                "skipped": "/dev/cpu_dma_latency not writable"}
     return out
 
 
@@ -140,10 +183,13 @@ def _pingpong(cell, st):
 
 def summarize(runs):
     """Medians over the runs that produced numbers; errors summed; all runs kept."""
+    if runs and all(r.get("skipped") for r in runs):
+        return runs[0]
     ok = [r for r in runs if r.get("msgs_per_s") is not None]
     errors = sum(int(r.get("errors") or 0) for r in runs)
     if not ok:
-        return {"errors": errors or 1, "runs": runs, "failure": runs[-1].get("failure")}
+        failure = runs[-1].get("failure") if runs else "server did not start"
+        return {"errors": errors or 1, "runs": runs, "failure": failure}
 
     def med(get):
         vals = [v for v in (get(r) for r in ok) if v is not None]

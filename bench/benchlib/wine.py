@@ -4,7 +4,7 @@ import subprocess
 from pathlib import Path
 
 from .procs import BUILD, say
-from .throughput import run_server
+from .throughput import run_all
 
 PREFIX = BUILD / "wineprefix-bench"
 
@@ -33,14 +33,12 @@ def wineserver_pids():
 
 def run(servers, cell, st):
     """servers: {name: argv without wine}; returns {name: {cell key: summary}}."""
-    env, out = wine_env(), {}
+    env = wine_env()
     try:
-        for name, argv in servers.items():
-            out[name] = run_server(name, ["wine"] + argv, [cell], st, env=env,
-                                   extra_pids=wineserver_pids, start_timeout=120.0)
+        return run_all({n: ["wine"] + argv for n, argv in servers.items()}, [cell], st,
+                       env=env, extra_pids=wineserver_pids, start_timeout=120.0)
     finally:
         stop_prefix(env)
-    return out
 
 
 def stop_prefix(env):

@@ -58,6 +58,10 @@ def selected_builds(config):
 
 
 def pytest_configure(config):
+    # with xdist, -n N means --dist loadgroup here: Wine tests must run on one worker
+    # (see pytest_collection_modifyitems); runs before xdist's (trylast) configure
+    if not is_worker(config) and getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadgroup"
     config.pluginmanager.register(_LateParametrize(), "echoport-late-parametrize")
     config.addinivalue_line("markers", "ep_timeout(seconds): hard time limit of one test")
     config._ep_outcomes = {}

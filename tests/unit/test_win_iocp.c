@@ -32,14 +32,15 @@
 #include "core/ep.h"
 #include "core/server.h"
 #include "core/stats.h"
+#include "fault.h"
 
-#define POOL 4          /* cfg.accepts: the pre-posted AcceptEx pool */
+#define POOL 4 /* cfg.accepts: the pre-posted AcceptEx pool */
 #define MAX_SOCKS 256
 #define MAX_OPS 1024
 #define MAX_CALLS 512
 #define PEER_BYTES 512
-#define PUMP_PASSES 64  /* passes pump() runs at most */
-#define WAIT_MS 3000    /* deadline of every wait on a condition */
+#define PUMP_PASSES 64 /* passes pump() runs at most */
+#define WAIT_MS 3000   /* deadline of every wait on a condition */
 
 /* Real NTSTATUS values a failed operation carries in OVERLAPPED.Internal. */
 #define NT_UNSUCCESSFUL 0xC0000001u
@@ -52,15 +53,15 @@ struct fsock {
     SOCKET h;
     int listener;
     int open;
-    int closes;       /* must end at exactly 1 */
-    int associated;   /* with the completion port */
+    int closes;     /* must end at exactly 1 */
+    int associated; /* with the completion port */
     int nonblocking;
-    int accepted;     /* an AcceptEx completed successfully on it */
-    int ctx_updated;  /* SO_UPDATE_ACCEPT_CONTEXT was set */
+    int accepted;        /* an AcceptEx completed successfully on it */
+    int ctx_updated;     /* SO_UPDATE_ACCEPT_CONTEXT was set */
     char in[PEER_BYTES]; /* what the peer sent */
     size_t in_len, in_off;
-    int peer_eof;        /* the peer shut down its sending side */
-    DWORD read_error;    /* the next non-blocking read fails with this */
+    int peer_eof;         /* the peer shut down its sending side */
+    DWORD read_error;     /* the next non-blocking read fails with this */
     char out[PEER_BYTES]; /* what the server sent (completed sends only) */
     size_t out_len;
 };
@@ -73,18 +74,17 @@ struct fop {
     int kind;
     int state;
     OVERLAPPED *ov;
-    SOCKET sock;      /* the accept socket of an AcceptEx, the socket of a recv/send */
-    DWORD rlen;       /* AcceptEx dwReceiveDataLength */
-    const char *buf;  /* WSASend's bytes */
-    ULONG len;        /* WSASend's length, WSARecv's buffer length */
-    DWORD error;      /* what WSAGetOverlappedResult reports; 0 = success */
+    SOCKET sock;     /* the accept socket of an AcceptEx, the socket of a recv/send */
+    DWORD rlen;      /* AcceptEx dwReceiveDataLength */
+    const char *buf; /* WSASend's bytes */
+    ULONG len;       /* WSASend's length, WSARecv's buffer length */
+    DWORD error;     /* what WSAGetOverlappedResult reports; 0 = success */
 };
 
-/* One AcceptEx call: which request, when, and how it ended at once. */
+/* One AcceptEx call: which request, and when. */
 struct accept_call {
     const OVERLAPPED *ov;
     int64_t ms;
-    DWORD failed; /* 0 = pending */
 };
 
 static struct {
@@ -107,15 +107,15 @@ static struct {
     /* scripts */
     DWORD accept_fail[16]; /* the next AcceptEx calls fail at once with these (0: pend) */
     int naccept_fail;
-    DWORD accept_fail_all; /* nonzero: every AcceptEx fails at once with it */
-    int socket_fail;       /* this many next WSASocketW calls fail */
-    int update_ctx_fail;   /* this many next SO_UPDATE_ACCEPT_CONTEXT calls fail */
-    int associate_fail;    /* this many next socket-to-port associations fail */
-    DWORD recv_fail;       /* the next overlapped WSARecv fails at once with it */
-    DWORD send_fail;       /* the next WSASend fails at once with it */
-    int send_at_once;      /* the next WSASend succeeds at once (its packet still comes) */
-    int post_fail;         /* this many next fabricated completions the port refuses */
-    DWORD cancel_error;    /* how closing a socket completes its pending operations */
+    DWORD accept_fail_all;      /* nonzero: every AcceptEx fails at once with it */
+    int socket_fail;            /* this many next WSASocketW calls fail */
+    int update_ctx_fail;        /* this many next SO_UPDATE_ACCEPT_CONTEXT calls fail */
+    int associate_fail;         /* this many next socket-to-port associations fail */
+    DWORD recv_fail;            /* the next overlapped WSARecv fails at once with it */
+    DWORD send_fail;            /* the next WSASend fails at once with it */
+    int send_at_once;           /* the next WSASend succeeds at once (its packet still comes) */
+    int post_fail;              /* this many next fabricated completions the port refuses */
+    DWORD cancel_error;         /* how closing a socket completes its pending operations */
     int cancel_accepts_succeed; /* accepts that won the race with the listener's close */
 } w;
 
@@ -205,7 +205,10 @@ static int pool_size(void)
     return n;
 }
 
-static int pool_full(void) { return pool_size() == POOL; }
+static int pool_full(void)
+{
+    return pool_size() == POOL;
+}
 
 /* The NTSTATUS a system completion failing with Winsock error `e` carries. */
 static ULONG_PTR ntstatus_of(DWORD e)
@@ -256,12 +259,14 @@ static void abort_ops_of(struct fsock *fs)
 
 /* ---- the fake shim entries ---- */
 
-static SOCKET WSAAPI fake_WSASocketW(int af, int type, int proto, LPWSAPROTOCOL_INFOW info,
-                                     GROUP g, DWORD flags)
+static SOCKET WSAAPI fake_WSASocketW(int af, int type, int proto, LPWSAPROTOCOL_INFOW info, GROUP g,
+                                     DWORD flags)
 {
     (void)af, (void)proto, (void)info, (void)g;
     if (type != SOCK_STREAM || !(flags & WSA_FLAG_OVERLAPPED))
         violate("WSASocketW: not an overlapped stream socket");
+    if (w.listener && !w.listener->open)
+        violate("an accept socket was created after the listener closed");
     if (w.socket_fail > 0) {
         w.socket_fail--;
         WSASetLastError(WSAEMFILE);
@@ -350,7 +355,8 @@ static int WSAAPI fake_setsockopt(SOCKET h, int level, int name, const char *v, 
     if (fs && level == SOL_SOCKET && name == SO_UPDATE_ACCEPT_CONTEXT) {
         if (!fs->accepted)
             violate("SO_UPDATE_ACCEPT_CONTEXT on a socket no AcceptEx completed on");
-        if (n != (int)sizeof(SOCKET) || !w.listener || *(const SOCKET *)(const void *)v != w.listener->h)
+        if (n != (int)sizeof(SOCKET) || !w.listener ||
+            *(const SOCKET *)(const void *)v != w.listener->h)
             violate("SO_UPDATE_ACCEPT_CONTEXT without the listening socket");
         if (w.update_ctx_fail > 0) {
             w.update_ctx_fail--;
@@ -388,10 +394,11 @@ static BOOL PASCAL fake_AcceptEx(SOCKET ls, SOCKET as, PVOID buf, DWORD rlen, DW
     DWORD fail = w.accept_fail_all;
     if (!fail && w.naccept_fail > 0) {
         fail = w.accept_fail[0];
-        memmove(w.accept_fail, w.accept_fail + 1, sizeof(w.accept_fail[0]) * (size_t)--w.naccept_fail);
+        memmove(w.accept_fail, w.accept_fail + 1,
+                sizeof(w.accept_fail[0]) * (size_t)--w.naccept_fail);
     }
     if (w.ncalls < MAX_CALLS)
-        w.calls[w.ncalls++] = (struct accept_call){ov, ep_now_ms(), fail};
+        w.calls[w.ncalls++] = (struct accept_call){ov, ep_now_ms()};
     if (fail) {
         WSASetLastError((int)fail);
         return FALSE;
@@ -655,7 +662,10 @@ static void start(void)
 }
 
 /* One worker pass that takes what is queued now. */
-static void pass(void) { iocp_test_pass(&w.srv, 0, 0); }
+static void pass(void)
+{
+    iocp_test_pass(&w.srv, 0, 0);
+}
 
 /* Worker passes until two in a row dequeue nothing. */
 static void pump(void)
@@ -740,7 +750,10 @@ static struct fsock *echoing(const char *data)
     return fs;
 }
 
-static long live_conns(void) { return atomic_load(&w.srv.live_conns); }
+static long live_conns(void)
+{
+    return atomic_load(&w.srv.live_conns);
+}
 
 /* Graceful stop, as a worker thread would run it: the peers read whatever is sent, the
  * worker passes until it may leave, then destroy. */
@@ -772,7 +785,8 @@ static void check(void)
                      w.ops[i].kind);
     cr_assert_eq(stats_get(sockets_opened), (uint64_t)w.nsocks);
     cr_assert_eq(stats_get(sockets_opened), stats_get(sockets_closed), "opened %lu, closed %lu",
-                 (unsigned long)stats_get(sockets_opened), (unsigned long)stats_get(sockets_closed));
+                 (unsigned long)stats_get(sockets_opened),
+                 (unsigned long)stats_get(sockets_closed));
     cr_assert_eq(stats_get(ctx_alloc), stats_get(ctx_free), "contexts: %lu allocated, %lu freed",
                  (unsigned long)stats_get(ctx_alloc), (unsigned long)stats_get(ctx_free));
     cr_assert_eq(w.not_published, 0, "AcceptEx was called before its request held the socket");
@@ -784,7 +798,7 @@ static void finish_and_check(void)
     check();
 }
 
-/* The accept sockets that failed, not counting those of pending accepts or connections. */
+/* Accept sockets already closed: those of failed accepts (while no connection closed). */
 static int closed_accept_sockets(void)
 {
     int n = 0;
@@ -866,8 +880,10 @@ Test(iocp, accept_repost_failing_repeatedly_backs_off_then_refills_the_pool)
     w.accept_fail[3] = WSAECONNRESET;
     w.naccept_fail = 4;
     pump();
-    cr_assert_not_null(pending_op(OP_RECV, c1->h), "the client is served though the re-post failed");
-    cr_assert(wait_until(pool_full), "the pool never got back to %d (it has %d)", POOL, pool_size());
+    cr_assert_not_null(pending_op(OP_RECV, c1->h),
+                       "the client is served though the re-post failed");
+    cr_assert(wait_until(pool_full), "the pool never got back to %d (it has %d)", POOL,
+              pool_size());
     int idx[8];
     cr_assert_eq(attempts_of(ov, idx, 8), 6, "1 post, 4 failed re-posts, 1 that worked");
     /* the 1st failure re-posts at once, then 1 ms, 2 ms, 4 ms: backed off, not spinning */
@@ -876,7 +892,8 @@ Test(iocp, accept_repost_failing_repeatedly_backs_off_then_refills_the_pool)
                       "attempt %d came too soon", k + 1);
     cr_assert_eq(stats_get(accept_errors), 4);
     cr_assert_eq(closed_accept_sockets(), 4, "each failed re-post closed its socket");
-    cr_assert_eq(w.listener->closes, 0, "a failing re-post never stops the listener (tinymux #1830)");
+    cr_assert_eq(w.listener->closes, 0,
+                 "a failing re-post never stops the listener (tinymux #1830)");
     connected();
     finish_and_check();
 }
@@ -886,10 +903,11 @@ Test(iocp, accept_socket_creation_failure_backs_off_then_refills_the_pool)
     start();
     struct fsock *c1 = client_connects();
     w.socket_fail = 3;
-    pump();
+    pass(); /* one pass makes 3 attempts at most: the 3 scripted failures cover them */
     cr_assert_not_null(pending_op(OP_RECV, c1->h));
     cr_assert_eq(pool_size(), POOL - 1, "the request whose socket could not be made is parked");
-    cr_assert(wait_until(pool_full), "the pool never got back to %d (it has %d)", POOL, pool_size());
+    cr_assert(wait_until(pool_full), "the pool never got back to %d (it has %d)", POOL,
+              pool_size());
     cr_assert_eq(w.socket_fail, 0);
     cr_assert_eq(stats_get(accept_errors), 3);
     connected();
@@ -929,10 +947,10 @@ Test(iocp, parked_accept_retries_are_dropped_at_shutdown)
 {
     w.accept_fail_all = WSAEMFILE;
     start();
-    cr_assert_eq(pool_size(), 0);
-    int64_t t0 = ep_now_ms();
-    finish_and_check();
-    cr_assert_lt(ep_now_ms() - t0, 1000, "shutdown waited for parked retries");
+    cr_assert_eq(pool_size(), 0, "every request is parked for a retry");
+    int calls = w.ncalls;
+    finish_and_check(); /* no socket is made nor AcceptEx posted once the listener closed */
+    cr_assert_leq(w.ncalls - calls, POOL, "a parked retry outlived the stop");
 }
 
 /* An AcceptEx completing with `err`: only its socket is closed, the pool is re-posted. */
@@ -980,7 +998,10 @@ Test(iocp, update_accept_context_failure_closes_the_accepted_socket_and_reposts)
 }
 
 /* Fails the context allocation of connection 1 (op 0 is the context). */
-static int fail_first_context(uint64_t conn, uint64_t op) { return conn == 1 && op == 0; }
+static int fail_first_context(uint64_t conn, uint64_t op)
+{
+    return conn == 1 && op == 0;
+}
 
 Test(iocp, context_allocation_failure_closes_the_accepted_socket_and_keeps_the_pool)
 {
@@ -1253,10 +1274,123 @@ Test(iocp, accepts_completing_during_cancellation_close_their_sockets)
     for (int i = 0; i < w.nsocks; i++)
         if (w.socks[i].accepted && !w.socks[i].associated) {
             won++;
-            cr_assert_eq(w.socks[i].closes, 1, "an accept completed at shutdown leaked (compio #315)");
+            cr_assert_eq(w.socks[i].closes, 1,
+                         "an accept completed at shutdown leaked (compio #315)");
         }
     cr_assert_eq(won, 2);
     cr_assert_eq(stats_get(ctx_alloc), 1, "no connection is started during shutdown");
     cr_assert_eq(w.listener->closes, 1);
     check();
+}
+
+/* ---- the fault plans' wrappers (sock_shim.c) over the fake kernel ---- */
+
+/* Makes `text` the active fault plan; start() then installs the wrappers. */
+static void plan(const char *text)
+{
+    struct fault_plan p;
+    char err[256] = "";
+    cr_assert_eq(fault_plan_parse(text, &p, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(fault_enable(&p, NULL, err, sizeof(err)), 0, "%s", err);
+}
+
+static void faults_teardown(void)
+{
+    fault_disable();
+    teardown();
+}
+
+/* Whether a fabricated completion was queued for an accept request's OVERLAPPED. */
+static int accept_failed_on_completion(void)
+{
+    for (int i = 0; i < w.nops; i++)
+        for (int k = 0; w.ops[i].kind == OP_FABRICATED && k < w.nops; k++)
+            if (w.ops[k].kind == OP_ACCEPT && w.ops[k].ov == w.ops[i].ov)
+                return 1;
+    return 0;
+}
+
+TestSuite(iocp_faults, .init = setup, .fini = faults_teardown, .timeout = 60);
+
+Test(iocp_faults, accept_fail_at_once_or_on_completion_closes_the_socket_and_reposts)
+{
+    int at_once = 0, on_completion = 0;
+    for (int seed = 1; seed <= 64 && !(at_once && on_completion); seed++) {
+        char text[64];
+        snprintf(text, sizeof(text), "seed=%d,nth=1,sites=accept", seed);
+        if (seed > 1)
+            setup();
+        plan(text);
+        start();
+        pump();
+        cr_assert_eq(fault_count(FAULT_ACCEPT_FAIL), 1, "%s", text);
+        cr_assert_eq(closed_accept_sockets(), 1, "%s: the failed accept's socket", text);
+        cr_assert_eq(stats_get(accept_errors), 1, "%s", text);
+        cr_assert_eq(pool_size(), POOL, "%s: the pool was not refilled", text);
+        if (accept_failed_on_completion())
+            on_completion++;
+        else
+            at_once++;
+        connected();
+        finish_and_check();
+        fault_disable();
+    }
+    cr_assert(at_once && on_completion, "64 seeds did not reach both ways of failing");
+}
+
+Test(iocp_faults, zero_read_is_a_peer_eof_that_never_reaches_the_socket)
+{
+    plan("seed=1,zero_read=1,sites=recv");
+    start();
+    struct fsock *fs = client_connects();
+    pump();
+    cr_assert_eq(fault_count(FAULT_ZERO_READ), 1);
+    for (int i = 0; i < w.nops; i++)
+        cr_assert_neq(w.ops[i].kind, OP_RECV, "the faulted receive reached the socket");
+    cr_assert_eq(fs->closes, 1);
+    cr_assert_eq(stats_get(ctx_free), 1);
+    finish_and_check();
+}
+
+Test(iocp_faults, partial_sends_still_echo_every_byte)
+{
+    static const char msg[] = "partial sends are finished, every byte of them";
+    plan("seed=5,partial_send=1,sites=send");
+    start();
+    struct fsock *fs = connected();
+    peer_sends(fs, msg);
+    complete_recv(fs);
+    pump();
+    int sends = 0;
+    for (struct fop *op; sends < 64 && (op = pending_op(OP_SEND, fs->h)); sends++) {
+        complete_send(fs, op->len);
+        pump();
+    }
+    cr_assert_gt(sends, 1);
+    cr_assert_eq(fault_count(FAULT_PARTIAL_SEND), (uint64_t)sends - 1, "all but the 1-byte tail");
+    cr_assert_eq(fs->out_len, sizeof(msg) - 1);
+    cr_assert_eq(memcmp(fs->out, msg, sizeof(msg) - 1), 0);
+    finish_and_check();
+}
+
+Test(iocp_faults, connreset_on_send_closes_the_connection_once)
+{
+    for (int seed = 1; seed <= 4; seed++) {
+        char text[64];
+        snprintf(text, sizeof(text), "seed=%d,connreset=1,sites=send", seed);
+        if (seed > 1)
+            setup();
+        plan(text);
+        start();
+        struct fsock *fs = connected();
+        peer_sends(fs, "reset");
+        complete_recv(fs);
+        pump();
+        cr_assert_eq(fault_count(FAULT_CONNRESET), 1, "%s", text);
+        cr_assert_eq(fs->closes, 1, "%s", text);
+        cr_assert_eq(fs->out_len, 0, "%s", text);
+        cr_assert_eq(stats_get(ctx_free), 1, "%s", text);
+        finish_and_check();
+        fault_disable();
+    }
 }
