@@ -1,5 +1,6 @@
-"""The throughput/latency cells of DESIGN §5 and issue 6: per server, per cell, a warm-up
-run then N measured runs; the server's CPU time per echoed message from /proc/PID/stat."""
+"""The throughput/latency cells of DESIGN §5 and issue 6, in rounds (one per repetition):
+each server in turn, each cell a warm-up run then a measured run; the server's CPU time
+per echoed message from /proc/PID/stat; medians over the rounds."""
 import resource
 import statistics
 import subprocess
@@ -14,6 +15,7 @@ from .servers import REFERENCE
 LOAD_SATURATED_PCT = 95.0
 NOISY_PCT = 10.0  # CPU % of one core used by other processes during a run
 QUIET_SAMPLE_S = 0.5
+MAX_RETRIES = 2  # re-measurements of one disturbed run
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,9 @@ def run_cell(srv, cell, st):
         if st.warmup > 0:
             one_run(srv, cell, st.warmup, st)
         run = one_run(srv, cell, st.duration, st)
-        while _noisy(run) and st.retry_budget > 0:
+        for _ in range(MAX_RETRIES):
+            if not _noisy(run) or st.retry_budget <= 0:
+                break
             t0 = time.monotonic()
             say(f"  noisy run ({run['foreign_cpu_pct']:.0f} % of a CPU used by others): again")
             wait_quiet(st.quiet_wait)

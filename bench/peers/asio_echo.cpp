@@ -11,17 +11,19 @@
 
 using boost::asio::ip::tcp;
 
-namespace {
+namespace
+{
 
 constexpr std::size_t kBufSize = 16 * 1024;
 
-class Session : public std::enable_shared_from_this<Session> {
-public:
+class Session : public std::enable_shared_from_this<Session>
+{
+  public:
     explicit Session(tcp::socket socket) : socket_(std::move(socket)) {}
 
     void start() { read(); }
 
-private:
+  private:
     void read()
     {
         auto self = shared_from_this();

@@ -88,8 +88,8 @@ static void post_send(struct conn *c)
 static void on_accept(struct conn *c, BOOL ok)
 {
     post_accept();
-    if (!ok || setsockopt(c->s, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, (char *)&lsock,
-                          sizeof lsock) != 0 ||
+    if (!ok ||
+        setsockopt(c->s, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, (char *)&lsock, sizeof lsock) != 0 ||
         !CreateIoCompletionPort((HANDLE)c->s, port, 0, 0)) {
         conn_close(c);
         return;

@@ -103,7 +103,8 @@ static void parse(int argc, char **argv)
     if (o.size > 0 && o.duration > 0)
         return;
 usage:
-    fprintf(stderr, "usage: pingpong [--size B] [--duration S] [--warmup S] [--cpus A,B] [--json]\n");
+    fprintf(stderr,
+            "usage: pingpong [--size B] [--duration S] [--warmup S] [--cpus A,B] [--json]\n");
     exit(2);
 }
 
@@ -161,7 +162,8 @@ int main(int argc, char **argv)
     double cpu = (double)(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec + ru1.ru_stime.tv_sec -
                           ru0.ru_stime.tv_sec) +
                  (double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec + ru1.ru_stime.tv_usec -
-                          ru0.ru_stime.tv_usec) * 1e-6;
+                          ru0.ru_stime.tv_usec) *
+                     1e-6;
     if (n == 0) {
         fprintf(stderr, "pingpong: no message measured\n");
         return 1;
@@ -169,13 +171,14 @@ int main(int argc, char **argv)
     qsort(lat, n, sizeof *lat, cmp_double);
     double rate = (double)n / o.duration;
     if (o.json)
-        printf("{\"conns\": 1, \"size\": %zu, \"pipeline\": 1, \"threads\": 1, \"duration_s\": %.3f, "
-               "\"messages\": %zu, \"msgs_per_s\": %.1f, \"mb_per_s\": %.3f, \"lat_us\": {\"p50\": "
-               "%.2f, \"p90\": %.2f, \"p99\": %.2f, \"p999\": %.2f, \"max\": %.2f}, \"errors\": %ld, "
-               "\"connect_ms\": %.3f, \"cpu_pct\": %.1f}\n",
-               o.size, o.duration, n, rate, rate * (double)o.size / 1e6, pct(lat, n, 0.5),
-               pct(lat, n, 0.9), pct(lat, n, 0.99), pct(lat, n, 0.999), lat[n - 1], errors,
-               connect_ms, 100.0 * cpu / o.duration);
+        printf(
+            "{\"conns\": 1, \"size\": %zu, \"pipeline\": 1, \"threads\": 1, \"duration_s\": %.3f, "
+            "\"messages\": %zu, \"msgs_per_s\": %.1f, \"mb_per_s\": %.3f, \"lat_us\": {\"p50\": "
+            "%.2f, \"p90\": %.2f, \"p99\": %.2f, \"p999\": %.2f, \"max\": %.2f}, \"errors\": %ld, "
+            "\"connect_ms\": %.3f, \"cpu_pct\": %.1f}\n",
+            o.size, o.duration, n, rate, rate * (double)o.size / 1e6, pct(lat, n, 0.5),
+            pct(lat, n, 0.9), pct(lat, n, 0.99), pct(lat, n, 0.999), lat[n - 1], errors, connect_ms,
+            100.0 * cpu / o.duration);
     else
         printf("pingpong %zu B: %.0f msgs/s, p50 %.1f us, p99 %.1f us, errors %ld\n", o.size, rate,
                pct(lat, n, 0.5), pct(lat, n, 0.99), errors);

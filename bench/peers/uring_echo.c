@@ -108,9 +108,15 @@ static void dispatch(int lfd, struct io_uring_cqe *cqe)
     uint64_t data = io_uring_cqe_get_data64(cqe);
     struct conn *c = (struct conn *)(uintptr_t)(data & ~(uint64_t)3);
     switch ((enum op)(data & 3)) {
-    case OP_ACCEPT: on_accept(lfd, cqe->res); break;
-    case OP_RECV: on_recv(c, cqe->res); break;
-    case OP_SEND: on_send(c, cqe->res); break;
+    case OP_ACCEPT:
+        on_accept(lfd, cqe->res);
+        break;
+    case OP_RECV:
+        on_recv(c, cqe->res);
+        break;
+    case OP_SEND:
+        on_send(c, cqe->res);
+        break;
     }
 }
 

@@ -13,8 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from pathlib import Path
 
 import pytest
 
@@ -58,10 +56,13 @@ def selected_builds(config):
 
 
 def pytest_configure(config):
-    # with xdist, -n N means --dist loadgroup here: Wine tests must run on one worker
-    # (see pytest_collection_modifyitems); runs before xdist's (trylast) configure
+    # with xdist, -n N means --dist loadgroup here: the Wine tests must share one
+    # worker (see pytest_collection_modifyitems). The controller switches its
+    # scheduler before xdist's (trylast) configure; workers learn it from workerinput.
     if not is_worker(config) and getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadgroup"
+    if is_worker(config) and config.workerinput.get("echoport_loadgroup"):
+        config.option.loadgroup = True
     config.pluginmanager.register(_LateParametrize(), "echoport-late-parametrize")
     config.addinivalue_line("markers", "ep_timeout(seconds): hard time limit of one test")
     config._ep_outcomes = {}
@@ -69,6 +70,13 @@ def pytest_configure(config):
         "linux": Build("linux", config.getoption("--bindir-linux")),
         "windows": Build("windows", config.getoption("--bindir-windows")),
     }
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """xdist, on the controller: tell each worker to tag tests with their group."""
+    if node.config.getoption("dist", "no") == "loadgroup":
+        node.workerinput["echoport_loadgroup"] = True
 
 
 def pytest_report_header(config):

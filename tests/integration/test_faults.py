@@ -43,7 +43,7 @@ def test_faults(server, build, base_seed, kind, fault_seed, tmp_path):
                         chunks=[rnd.randint(1, 64 * KiB) for _ in range(32)],
                         half_close=bool(i % 2), name=f"client{i}")
                 for i in range(nclients)]
-    run_sessions(sessions, timeout=60 * build.slowness)
+    run_sessions(sessions, timeout=30 * build.slowness)
     bad = []
     for s in sessions:
         got = bytes(s.got)

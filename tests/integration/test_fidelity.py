@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from echolib import (KiB, MiB, EchoportError, Session, abort, assert_clean, check_echo, connect,
-                     echo, exchange, has_ipv6_loopback, mix_seed, payload, prefix_problem,
+from echolib import (KiB, MiB, Session, abort, assert_clean, check_echo, connect,
+                     echo, has_ipv6_loopback, mix_seed, payload, prefix_problem,
                      run_sessions, served, wait_eof)
 
 pytestmark = pytest.mark.conformance
@@ -17,6 +17,12 @@ pytestmark = pytest.mark.conformance
 
 def scale(build, n, floor=1):
     return max(floor, int(n * (build.scale if build else 1.0)))
+
+
+def budget(build, nbytes, base=10.0):
+    """Seconds a transfer of nbytes may take: generous (a loaded 2-core machine), but
+    small enough that a server that loses bytes fails fast rather than at the hard limit."""
+    return (base + 2.0 * nbytes / MiB) * slowness(build)
 
 
 def slowness(build):
@@ -33,7 +39,7 @@ def test_echo_sizes(server, build, base_seed, label, size):
     srv = server()
     data = payload(mix_seed(base_seed, "sizes", size), size)
     # 0 B: the client half-closes at once and must get EOF back, nothing else
-    s = echo(srv.addr, data, half_close=(size == 0), timeout=30 + 6 * slowness(build) * size / MiB)
+    s = echo(srv.addr, data, half_close=(size == 0), timeout=budget(build, size))
     check_echo(data, bytes(s.got), f"{label} payload")
     if size == 0:
         assert s.eof, f"0 B then half-close: expected EOF, got {s.describe()}"
@@ -47,7 +53,7 @@ def test_echo_random_content(server, build, base_seed, index):
     srv = server()
     rnd = random.Random(mix_seed(base_seed, "random", index))
     data = payload(rnd.getrandbits(63), rnd.randint(1, scale(build, 512 * KiB)))
-    s = echo(srv.addr, data, timeout=30)
+    s = echo(srv.addr, data, timeout=budget(build, len(data)))
     check_echo(data, bytes(s.got), f"random payload ({len(data)} B, seed {base_seed}/{index})")
     srv.stop()
     assert_clean(srv)
@@ -65,7 +71,7 @@ def test_write_patterns(server, build, base_seed, pattern):
     else:
         data = payload(rnd.getrandbits(63), scale(build, 3 * KiB))
         chunks = [1] * len(data)
-    s = echo(srv.addr, data, chunks=chunks, timeout=60)
+    s = echo(srv.addr, data, chunks=chunks, timeout=budget(build, len(data), 20))
     check_echo(data, bytes(s.got), f"{pattern} ({len(data)} B)")
     srv.stop()
     assert_clean(srv)
@@ -105,7 +111,7 @@ def test_pipelined_writes_reads_lagging(server, build, base_seed):
     rnd = random.Random(mix_seed(base_seed, "lagging"))
     data = payload(rnd.getrandbits(63), scale(build, 4 * MiB))
     chunks = [rnd.randint(1, 8 * KiB) for _ in range(len(data) // KiB)]
-    s = echo(srv.addr, data, chunks=chunks, lag=256 * KiB, timeout=60)
+    s = echo(srv.addr, data, chunks=chunks, lag=256 * KiB, timeout=budget(build, len(data)))
     check_echo(data, bytes(s.got), "lagging reads")
     srv.stop()
     assert_clean(srv)
@@ -115,7 +121,7 @@ def test_pipelined_writes_reads_lagging(server, build, base_seed):
 def test_half_close_gets_everything_then_eof(server, build, base_seed, size):
     srv = server()
     data = payload(mix_seed(base_seed, "half", size), size)
-    s = echo(srv.addr, data, half_close=True, timeout=60)
+    s = echo(srv.addr, data, half_close=True, timeout=budget(build, size))
     check_echo(data, bytes(s.got), "half-close")
     assert s.eof and s.error is None, f"expected all bytes then EOF: {s.describe()}"
     srv.stop()
@@ -132,7 +138,7 @@ def test_concurrent_clients_each_get_their_own_stream(server, build, base_seed):
         chunks = [rnd.randint(1, 16 * KiB) for _ in range(64)] if i % 2 else None
         sessions.append(Session(srv.addr, data, chunks, half_close=(i % 3 == 0),
                                 name=f"client{i}"))
-    run_sessions(sessions, timeout=90 * slowness(build))
+    run_sessions(sessions, timeout=budget(build, sum(len(s.data) for s in sessions), 30))
     bad = []
     for s in sessions:
         if bytes(s.got) != s.data or (s.half_close and not s.eof):
@@ -182,7 +188,7 @@ def test_abrupt_reset_mid_transfer_then_fresh_client(server, build, base_seed):
                 pass
         abort(s)
     data = payload(rnd.getrandbits(63), MiB)
-    s = echo(srv.addr, data, timeout=30)
+    s = echo(srv.addr, data, timeout=budget(build, len(data)))
     check_echo(data, bytes(s.got), "fresh client after 20 resets")
     srv.stop()
     assert_clean(srv, bytes_equal=False)  # a reset may cut an echo in flight
@@ -194,7 +200,7 @@ def test_ipv6_loopback(server, build, base_seed):
     srv = server(listen="[::1]:0")
     assert srv.host == "::1", f"expected 'listening on [::1]:PORT', got host {srv.host!r}"
     data = payload(mix_seed(base_seed, "ipv6"), scale(build, MiB))
-    s = echo(srv.addr, data, half_close=True, timeout=30)
+    s = echo(srv.addr, data, half_close=True, timeout=budget(build, len(data)))
     check_echo(data, bytes(s.got), "IPv6 echo")
     assert s.eof
     srv.stop()

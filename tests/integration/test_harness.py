@@ -3,7 +3,6 @@
 
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest

@@ -5,7 +5,6 @@ resets (Linux: the server's /proc/PID/fd; Wine: the private prefix's wineserver
 
 import random
 import selectors
-import socket
 import time
 
 import psutil
@@ -78,7 +77,7 @@ def test_descriptors_back_to_baseline_after_500_resets(server, build, base_seed)
     st = wait_until(lambda: quiescent(srv, held0), 20 * build.slowness,
                     f"active == 0 and sockets_opened - sockets_closed == {held0} (baseline)")
     if build.name == "linux":
-        fds = wait_until(lambda: (lambda n: n if n == fds0 else None)(proc.num_fds()), 10,
+        wait_until(lambda: (lambda n: n if n == fds0 else None)(proc.num_fds()), 10,
                          f"the server's /proc/{srv.pid}/fd count back to {fds0}")
         assert st["fds"] == st0["fds"], f"stats fds={st['fds']}, baseline {st0['fds']}"
     else:

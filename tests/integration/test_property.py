@@ -27,7 +27,7 @@ def test_property_any_payload_any_chunking_echoes_exactly(server, build, base_se
     def prop(clients):
         sessions = [Session(srv.addr, data, chunks or None, half_close=half, name=f"client{i}")
                     for i, (data, chunks, half) in enumerate(clients)]
-        run_sessions(sessions, timeout=30)
+        run_sessions(sessions, timeout=10)
         for s in sessions:
             got = bytes(s.got)
             assert got == s.data, (f"{s.describe()}: "
