@@ -153,6 +153,21 @@ class LineReader:
 
 # --------------------------------------------------------------------------- the server
 
+try:
+    import ctypes
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def _die_with_parent():
+    """In the child before exec: SIGKILL it when the test process dies, so a killed
+    pytest (a CI timeout, Ctrl-C twice) leaves no server behind. Prepared at import:
+    nothing here may take a lock another thread held at fork."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def parse_stats(line):
     if not line or not STATS_RE.match(line.strip()):
         raise EchoportError(f"not a stats line: {line!r}")
@@ -177,7 +192,7 @@ class Server:
         self.proc = subprocess.Popen(
             build.argv() + self.args, cwd=ROOT, env=build.env(self.env_extra),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_die_with_parent)
         self.pid = self.proc.pid
         started.append(self)
         self.out = LineReader(self.proc.stdout, f"stdout-{self.pid}")
