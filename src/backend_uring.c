@@ -425,6 +425,7 @@ static void complete_op(struct uworker *w, struct ureq *r, int res, unsigned fla
     if (r->fail_reset)
         n = EP_ECONNRESET;
     else if (r->kind == OPK_RECV && res == -ENOBUFS) {
+        stats_add(recv_fallbacks, 1);
         recv_plain(u, c);
         return;
     }

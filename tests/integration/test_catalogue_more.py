@@ -110,6 +110,135 @@ def test_catalogue_03_multishot_accept_rearmed_after_emfile(server, build, base_
     assert_clean(srv, bytes_equal=False)
 
 
+def _ring_buffers(buffer_size):
+    """The provided buffers per ring for --buffer-size B (backend_uring.c:init_buffers):
+    256, halved while they exceed 8 MiB, at least 2."""
+    n = 256
+    while n > 2 and n * buffer_size > 8 * MiB:
+        n //= 2
+    return n
+
+
+def _read_some(s, want, timeout):
+    """Reads until `want` bytes, EOF or reset; returns what came."""
+    got = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(got) < want:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        s.settimeout(left)
+        try:
+            chunk = s.recv(65536)
+        except (socket.timeout, ConnectionResetError, ConnectionAbortedError):
+            break
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+@only_builds("linux")
+@pytest.mark.faults
+def test_catalogue_08_provided_buffers_returned_on_every_close(server, build, base_seed):
+    """io_uring-echo-server #11: a provided buffer that is not given back when its
+    connection closes is lost to the ring for good. echoport hides such a leak (an empty
+    ring falls back to a plain recv), so the proof is the recv_fallbacks counter.
+    --buffer-size 128 KiB gives one ring (1 worker) of 64 buffers. More connections than
+    that go through each close path that can end holding a buffer: the first 200
+    receives fail with a reset (fault plan nth=1,count=200, seeded: about half fail on
+    completion, after the kernel put the client's data in a provided buffer); clean
+    close after the echo; half-close; SO_LINGER-0 reset in the middle of the echo;
+    server-side close by --idle-timeout. Then 32 clients (fewer than the buffers, so a
+    ring with nothing leaked never runs dry) echo at once: every byte must come back
+    and recv_fallbacks must still be 0."""
+    bufsize = 128 * KiB
+    nbufs = _ring_buffers(bufsize)
+    assert nbufs == 64
+    cycles = nbufs + 16
+    nfault = 200
+    seed = mix_seed(base_seed, "cat08more")
+    srv = server("--buffer-size", str(bufsize), "--idle-timeout", "2", threads="1",
+                 faults=f"seed={seed},nth=1,count={nfault},sites=recv")
+    rnd = random.Random(seed)
+    t = 10 * build.slowness
+
+    # 1. the first receive of each of 200 connections fails with a reset, at once or
+    #    on completion (then with the client's data in a provided buffer)
+    for i in range(nfault):
+        with connect(srv.addr, timeout=t) as s:
+            s.sendall(payload(rnd.getrandbits(63), rnd.randint(1, 4 * KiB)))
+            got, how = wait_eof(s, t)
+            assert how in ("eof", "reset") and got == b"", (
+                f"fault cycle {i}: {how} after {len(got)} bytes; the reset receive should"
+                " close the connection")
+    st = srv.stats()
+    assert st["faults"] == nfault, f"the fault phase did not fail {nfault} receives: {st}"
+
+    # 2. clean close after the whole echo
+    for i in range(cycles):
+        msg = payload(rnd.getrandbits(63), rnd.randint(1, 8 * KiB))
+        check_echo(msg, exchange(srv.addr, msg, timeout=t), f"clean-close cycle {i}")
+
+    # 3. half-close: the server reads EOF after the data, echoes and closes
+    for i in range(cycles):
+        msg = payload(rnd.getrandbits(63), rnd.randint(1, 8 * KiB))
+        with connect(srv.addr, timeout=t) as s:
+            s.sendall(msg)
+            s.shutdown(socket.SHUT_WR)
+            got, how = wait_eof(s, t)
+        assert how == "eof", f"half-close cycle {i}: {how} after {len(got)} bytes"
+        check_echo(msg, got, f"half-close cycle {i}")
+
+    # 4. SO_LINGER-0 reset in the middle of the echo (data still on its way both ways)
+    for i in range(cycles):
+        msg = payload(rnd.getrandbits(63), rnd.randint(64 * KiB, 256 * KiB))
+        s = connect(srv.addr, timeout=t)
+        s.sendall(msg[:len(msg) // 2])
+        got = _read_some(s, 1, t)
+        assert got, f"reset cycle {i}: no echo before the reset"
+        try:
+            s.sendall(msg[len(msg) // 2:])
+        except OSError:
+            pass
+        abort(s)
+
+    # 5. server-side close: clients that echo once, then idle past --idle-timeout
+    idle = [connect(srv.addr, timeout=t) for _ in range(cycles)]
+    try:
+        for i, s in enumerate(idle):
+            msg = payload(rnd.getrandbits(63), rnd.randint(1, 4 * KiB))
+            s.sendall(msg)
+            check_echo(msg, _read_some(s, len(msg), t), f"idle client {i}")
+        for i, s in enumerate(idle):
+            got, how = wait_eof(s, 10 * build.slowness)
+            assert how in ("eof", "reset") and got == b"", (
+                f"idle client {i}: {how}: not closed by --idle-timeout 2")
+    finally:
+        for s in idle:
+            s.close()
+    wait_until(lambda: srv.stats()["active"] == 0, t, "every cycle's connection to be freed")
+
+    # the burst: fewer clients than buffers, so a ring with nothing leaked never runs dry
+    before = srv.stats()
+    nburst = nbufs // 2
+    sessions = [Session(srv.addr, payload(rnd.getrandbits(63), rnd.randint(64 * KiB, 512 * KiB)),
+                        half_close=True, name=f"burst{i}") for i in range(nburst)]
+    run_sessions(sessions, 60 * build.slowness)
+    after = srv.stats()
+    bad = [f"{s.describe()} {prefix_problem(s.data, bytes(s.got)) or ''}"
+           for s in sessions if bytes(s.got) != s.data or not s.eof]
+    assert not bad, (f"{len(bad)} of {nburst} burst streams not echoed exactly:\n"
+                     + "\n".join(bad[:8]))
+    leaked = (f"recv_fallbacks={before['recv_fallbacks']} before and"
+              f" {after['recv_fallbacks']} after a burst of {nburst} clients on a ring of"
+              f" {nbufs} buffers, after {nfault} + 4 x {cycles} connect/close cycles: provided"
+              " buffers were not returned when connections closed (io_uring-echo-server #11)")
+    assert before["recv_fallbacks"] == 0 and after["recv_fallbacks"] == 0, leaked
+    srv.stop()
+    assert_clean(srv, bytes_equal=False, faults_possible=True)
+
+
 @only_builds("linux")
 def test_catalogue_09_tiny_buffer_ring_runs_dry_every_byte_echoed(server, build, base_seed):
     """liburing #1275/#778: a receive from a provided-buffer ring that is empty completes
@@ -125,6 +254,8 @@ def test_catalogue_09_tiny_buffer_ring_runs_dry_every_byte_echoed(server, build,
     bad = [f"{s.describe()} {prefix_problem(s.data, bytes(s.got)) or ''}"
            for s in sessions if bytes(s.got) != s.data or not s.eof]
     assert not bad, f"{len(bad)} of 64 streams cut off or not echoed exactly:\n" + "\n".join(bad[:8])
+    st = srv.stats()
+    assert st["recv_fallbacks"] > 0, f"the ring never ran dry, so -ENOBUFS was not exercised: {st}"
     srv.stop()
     assert_clean(srv)
 

@@ -80,6 +80,7 @@ def test_fault_kind_fired(build, kind, request):
     seen = _TALLY.get((build.name, kind), {})
     if len(seen) < n:
         pytest.skip(f"only {len(seen)} of {n} seeds of {kind} ran in this process"
+                    f" ({sorted(seen)})"
                     " (select them all, and with xdist use --dist loadgroup)")
     assert sum(seen.values()) > 0, f"{kind}: no fault injected over {n} seeds: {seen}"
 
