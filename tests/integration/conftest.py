@@ -40,6 +40,10 @@ def pytest_addoption(parser):
                      " running echo server and print a per-case pass/fail table")
     g.addoption("--bindir-linux", default=str(ROOT / "build" / "linux" / "bin"),
                 help="where the Linux build's binaries are (e.g. build/asan/bin)")
+    g.addoption("--server-threads", default=None, metavar="N",
+                help="--threads for every server started without its own (e.g. 4 under TSan)")
+    g.addoption("--server-wrapper", default="", metavar="COMMAND",
+                help="prefix the Linux server's command line, e.g. 'valgrind -q --error-exitcode=99'")
     g.addoption("--bindir-windows", default=str(ROOT / "build" / "windows" / "bin"),
                 help="where the Windows build's binaries are")
 
@@ -67,7 +71,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "ep_timeout(seconds): hard time limit of one test")
     config._ep_outcomes = {}
     config._ep_builds = {
-        "linux": Build("linux", config.getoption("--bindir-linux")),
+        "linux": Build("linux", config.getoption("--bindir-linux"),
+                       wrapper=shlex.split(config.getoption("--server-wrapper"))),
         "windows": Build("windows", config.getoption("--bindir-windows")),
     }
 
@@ -149,6 +154,8 @@ def build(build_name, request):
     b = request.config._ep_builds[build_name]
     if b.wine:
         request.getfixturevalue("wine_prefix")
+        if echolib.wineserver_pid() is None:  # stopped meanwhile (wineserver -k elsewhere)
+            _start_wineserver()
     return b
 
 
@@ -165,11 +172,7 @@ def _wine_env():
     return env
 
 
-@pytest.fixture(scope="session")
-def wine_prefix():
-    """Creates the private prefix once (under a lock: xdist workers share it) and
-    starts its wineserver persistently with no pipes of ours, so it never holds a
-    server's stdout open and later processes start fast."""
+def _start_wineserver():
     WINEPREFIX.parent.mkdir(parents=True, exist_ok=True)
     with open(str(WINEPREFIX) + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -178,8 +181,17 @@ def wine_prefix():
         if not _prefix_ready():
             subprocess.run(["wineboot", "-i"], timeout=180, **quiet)
         subprocess.run(["wineserver", "-p"], timeout=60, **quiet)
-        # settle the prefix: services started now, not during the first test
+        # settle the prefix: services started now, not by a test's server (which
+        # would hand them its stdout and stderr pipes)
         subprocess.run(["wine", "cmd", "/c", "exit"], timeout=120, **quiet)
+
+
+@pytest.fixture(scope="session")
+def wine_prefix():
+    """Creates the private prefix once (under a lock: xdist workers share it) and
+    starts its wineserver persistently with no pipes of ours, so it never holds a
+    server's stdout open and later processes start fast."""
+    _start_wineserver()
     if not _prefix_ready():
         pytest.fail(f"could not create the Wine prefix {WINEPREFIX}", pytrace=False)
     return WINEPREFIX
@@ -217,6 +229,7 @@ class ServerFactory:
             echolib.started.append(t)
             return t
         argv = ["--listen", listen, "--admin-port", "0"]
+        threads = threads or self.request.config.getoption("--server-threads")
         if threads:
             argv += ["--threads", threads]
         if faults:

@@ -45,8 +45,9 @@ class EchoportError(AssertionError):
 class Build:
     """One build of echoport: where its binaries are and how to run them."""
 
-    def __init__(self, name, bindir):
+    def __init__(self, name, bindir, wrapper=()):
         self.name = name
+        self.wrapper = list(wrapper)  # e.g. valgrind: prefixes the server, never the client
         self.bindir = Path(bindir)
         exe = ".exe" if name == "windows" else ""
         self.server_path = self.bindir / f"echoport{exe}"
@@ -55,7 +56,7 @@ class Build:
         # Wine runs each process through a loader and the prefix's wineserver:
         # slower starts, slower bulk transfer; workloads are sized down by `scale`.
         self.scale = 1.0
-        self.slowness = 2.0 if self.wine else 1.0
+        self.slowness = 2.0 if self.wine else 4.0 if self.wrapper else 1.0
 
     def hint(self):
         return (f"build it first: (cd {ROOT} && cmake --preset {self.name} -DEP_BUILD_TESTS=OFF"
@@ -78,7 +79,9 @@ class Build:
 
     def argv(self, client=False):
         path = str(self.client_path if client else self.server_path)
-        return ["wine", path] if self.wine else [path]
+        if self.wine:
+            return ["wine", path]
+        return [path] if client else self.wrapper + [path]
 
     def display_env(self, extra=None):
         """The environment variables a replay needs, as shell assignments."""
@@ -194,6 +197,10 @@ class Server:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, preexec_fn=_die_with_parent)
         self.pid = self.proc.pid
+        self.t_start = time.monotonic()
+        self.t_stop = self.t_exit = None
+        # under Wine: the prefix's wineserver now, to tell if someone restarted it
+        self.wineserver = wineserver_pid() if build.wine else None
         started.append(self)
         self.out = LineReader(self.proc.stdout, f"stdout-{self.pid}")
         self.err = LineReader(self.proc.stderr, f"stderr-{self.pid}")
@@ -257,6 +264,7 @@ class Server:
 
     # stopping -----------------------------------------------------------------
     def request_stop(self, via="admin"):
+        self.t_stop = time.monotonic()
         if via == "admin":
             reply = self.admin("shutdown")
             if reply != "ok shutting down":
@@ -272,6 +280,7 @@ class Server:
         timeout = timeout or 20 * self.build.slowness
         try:
             self.returncode = self.proc.wait(timeout)
+            self.t_exit = time.monotonic()
         except subprocess.TimeoutExpired:
             self.kill()
             raise EchoportError(f"the server did not exit within {timeout:.0f} s of a stop request;"
@@ -314,8 +323,20 @@ class Server:
             pass  # left to the reader threads, which end at EOF
 
     def describe(self):
-        return (f"server: {self.cmdline}\n  pid {self.pid}, exit {self.proc.poll()}"
-                + (f", final: {self.final_line}" if self.final_line else "")
+        times = f"started {time.monotonic() - self.t_start:.1f} s ago"
+        if self.t_stop:
+            times += f", stop requested at +{self.t_stop - self.t_start:.1f} s"
+        if self.t_exit:
+            times += f", exited at +{self.t_exit - self.t_start:.1f} s"
+        note = ""
+        if self.build.wine:
+            now = wineserver_pid()
+            if now != self.wineserver:
+                note = (f"\n  NOTE: the prefix's wineserver changed during the test (pid"
+                        f" {self.wineserver} -> {now}): something else ran 'wineserver -k'"
+                        f" on {rel(WINEPREFIX)} and killed this server")
+        return (f"server: {self.cmdline}\n  pid {self.pid}, exit {self.proc.poll()}, {times}"
+                + (f", final: {self.final_line}" if self.final_line else "") + note
                 + "\n  stderr (last lines):\n    "
                 + "\n    ".join(self.err.text(25).splitlines() or ["(empty)"]))
 
