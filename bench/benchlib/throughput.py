@@ -179,8 +179,12 @@ def reference_round(cells, st, rnd):
 def _pingpong(cell, st):
     cmd = [procs.BENCH_BIN / "pingpong", "--size", cell.size, "--duration", st.duration,
            "--warmup", st.warmup, "--cpus", f"{procs.SERVER_CPU},{procs.LOAD_CPU}", "--json"]
+    wait_quiet(st.quiet_wait)
+    busy0, ru0, t0 = procs.system_busy_seconds(), _children_cpu(), time.monotonic()
     proc = procs.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     res = procs.finish_load(proc, timeout=st.duration + st.warmup + 30)
+    busy, ru = procs.system_busy_seconds() - busy0, _children_cpu() - ru0
+    res["foreign_cpu_pct"] = max(0.0, 100.0 * (busy - ru) / (time.monotonic() - t0))
     res["server_cpu_us"] = None
     return res
 

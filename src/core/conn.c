@@ -15,11 +15,14 @@
 
 ep_alloc_fail_fn ep_alloc_fail;
 
+int ep_alloc_allowed(uint64_t conn, uint64_t op)
+{
+    return !ep_alloc_fail || !ep_alloc_fail(conn, op);
+}
+
 void *ep_alloc(size_t size, uint64_t conn, uint64_t op)
 {
-    if (ep_alloc_fail && ep_alloc_fail(conn, op))
-        return NULL;
-    return malloc(size);
+    return ep_alloc_allowed(conn, op) ? malloc(size) : NULL;
 }
 
 /* Posts a receive. Lock held. */
@@ -66,6 +69,13 @@ static void unlock_and_maybe_free(struct conn *c)
         srv_conn_free(c);
 }
 
+/* Notes activity for the idle timeout; the clock is only read when one is set. */
+static void touch(struct conn *c)
+{
+    if (c->srv->cfg->idle_timeout_s)
+        c->last_active_ms = ep_now_ms();
+}
+
 void conn_start(struct conn *c)
 {
     ep_mutex_lock(&c->lock);
@@ -80,7 +90,7 @@ void *conn_recv_buffer(struct conn *c, size_t *cap)
 {
     size_t size = c->srv->cfg->buffer_size;
     if (!c->buf)
-        c->buf = ep_alloc(size, c->id, c->recv_ops);
+        c->buf = srv_buffer_get(c);
     *cap = c->buf ? size : 0;
     return c->buf;
 }
@@ -89,7 +99,7 @@ void conn_on_recv(struct conn *c, long n)
 {
     ep_mutex_lock(&c->lock);
     c->pending--;
-    c->last_active_ms = ep_now_ms();
+    touch(c);
     if (c->closing) {
         /* a late completion after our own close: nothing more to do */
     } else if (n < 0) {
@@ -109,7 +119,7 @@ void conn_on_sent(struct conn *c, long n)
 {
     ep_mutex_lock(&c->lock);
     c->pending--;
-    c->last_active_ms = ep_now_ms();
+    touch(c);
     if (c->closing) {
         /* a late completion after our own close */
     } else if (n <= 0) {
@@ -123,7 +133,7 @@ void conn_on_sent(struct conn *c, long n)
             conn_close_locked(c, 0); /* drained: the echo in flight is complete */
         else {
             /* everything echoed: an idle connection holds no data buffer */
-            free(c->buf);
+            srv_buffer_put(c, c->buf);
             c->buf = NULL;
             c->len = c->off = 0;
             post_recv(c);

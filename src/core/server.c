@@ -22,14 +22,20 @@ int srv_init(struct server *s, const struct ep_config *cfg, const struct bk_ops 
         s->workers[i].srv = s;
         s->workers[i].index = i;
         ep_mutex_init(&s->workers[i].lock);
+        ep_mutex_init(&s->workers[i].cache_lock);
     }
     return 0;
 }
 
 void srv_destroy(struct server *s)
 {
-    for (int i = 0; i < s->nworkers; i++)
-        ep_mutex_destroy(&s->workers[i].lock);
+    for (int i = 0; i < s->nworkers; i++) {
+        struct worker *w = &s->workers[i];
+        while (w->nbuf_cache > 0)
+            free(w->buf_cache[--w->nbuf_cache]);
+        ep_mutex_destroy(&w->cache_lock);
+        ep_mutex_destroy(&w->lock);
+    }
     free(s->workers);
     s->workers = NULL;
 }
@@ -90,7 +96,8 @@ void srv_conn_free(struct conn *c)
     c->srv->bk->release(c);
     atomic_fetch_sub(&c->srv->live_conns, 1);
     ep_mutex_destroy(&c->lock);
-    free(c->buf);
+    if (c->buf)
+        srv_buffer_put(c, c->buf);
     free(c);
     stats_add(ctx_free, 1);
     stats_add(closed, 1);
@@ -154,4 +161,29 @@ int srv_worker_done(struct server *s, int worker)
     size_t n = w->nconns;
     ep_mutex_unlock(&w->lock);
     return n == 0;
+}
+
+void *srv_buffer_get(struct conn *c)
+{
+    struct worker *w = c->worker;
+    void *buf = NULL;
+    if (!ep_alloc_allowed(c->id, c->recv_ops))
+        return NULL;
+    ep_mutex_lock(&w->cache_lock);
+    if (w->nbuf_cache > 0)
+        buf = w->buf_cache[--w->nbuf_cache];
+    ep_mutex_unlock(&w->cache_lock);
+    return buf ? buf : malloc(c->srv->cfg->buffer_size);
+}
+
+void srv_buffer_put(struct conn *c, void *buf)
+{
+    struct worker *w = c->worker;
+    ep_mutex_lock(&w->cache_lock);
+    if (w->nbuf_cache < WORKER_BUF_CACHE) {
+        w->buf_cache[w->nbuf_cache++] = buf;
+        buf = NULL;
+    }
+    ep_mutex_unlock(&w->cache_lock);
+    free(buf);
 }

@@ -12,6 +12,10 @@
 
 struct bk_ops;
 
+/* Idle buffers a worker keeps: a busy connection takes one per echo, and giving it
+ * back to malloc each time made glibc trim and regrow the heap (page faults). */
+#define WORKER_BUF_CACHE 64
+
 struct worker {
     struct server *srv;
     int index;
@@ -19,6 +23,9 @@ struct worker {
     struct conn *conns;   /* connections owned by this worker */
     size_t nconns;
     int stop_seen;        /* this worker has told the backend to stop accepting */
+    ep_mutex cache_lock;  /* guards the buffer cache; never held while taking another lock */
+    void *buf_cache[WORKER_BUF_CACHE]; /* idle data buffers, reused instead of malloc/free */
+    int nbuf_cache;
 };
 
 struct server {
@@ -61,5 +68,12 @@ int srv_worker_done(struct server *s, int worker);
 
 /* Removes and frees a connection whose last operation completed (internal to the core). */
 void srv_conn_free(struct conn *c);
+
+/* A data buffer of cfg->buffer_size for c, from its worker's cache or the
+ * allocator (NULL when allocation fails or the alloc fault site says so). */
+void *srv_buffer_get(struct conn *c);
+
+/* Gives c's data buffer back to its worker's cache (or frees it when full). */
+void srv_buffer_put(struct conn *c, void *buf);
 
 #endif
