@@ -235,6 +235,13 @@ int fake_run(struct fake *f, int max_steps)
     return steps;
 }
 
+int fake_alloc_fails(uint64_t conn, uint64_t op)
+{
+    (void)conn;
+    (void)op;
+    return 1;
+}
+
 void fake_tick(struct fake *f)
 {
     for (int w = 0; w < f->srv.nworkers; w++)

@@ -67,6 +67,9 @@ void fake_fail(struct fake_sock *s, long err);
 /* Steps every socket round-robin until nothing progresses or max_steps; returns steps. */
 int fake_run(struct fake *f, int max_steps);
 
+/* An allocator hook (ep_alloc_fail) that fails every allocation. */
+int fake_alloc_fails(uint64_t conn, uint64_t op);
+
 /* Runs every worker's tick (as the backend's loop would). */
 void fake_tick(struct fake *f);
 

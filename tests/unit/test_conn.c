@@ -150,19 +150,12 @@ Test(conn, cancelled_completion_after_close_frees_exactly_once)
     cr_expect_null(fake_check_cleanup(&f), "%s", fake_check_cleanup(&f));
 }
 
-static int fail_every_alloc(uint64_t conn, uint64_t op)
-{
-    (void)conn;
-    (void)op;
-    return 1;
-}
-
 Test(conn, buffer_allocation_failure_closes_the_connection_cleanly)
 {
     struct fake_sock *s = fake_accept(&f);
     fake_client_send(s, "x", 1);
     cr_assert_null(s->conn->buf);
-    ep_alloc_fail = fail_every_alloc;
+    ep_alloc_fail = fake_alloc_fails;
     cr_assert(fake_step(s));
     cr_expect_eq(s->echoed_len, 0);
     cr_expect_null(fake_check_cleanup(&f), "%s", fake_check_cleanup(&f));

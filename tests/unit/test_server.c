@@ -108,17 +108,10 @@ Test(server, idle_timeout_closes_a_quiet_connection_only)
     cr_expect_not_null(busy->conn);
 }
 
-static int fail_every_alloc(uint64_t conn, uint64_t op)
-{
-    (void)conn;
-    (void)op;
-    return 1;
-}
-
 Test(server, context_allocation_failure_refuses_the_socket)
 {
     fake_start(&f);
-    ep_alloc_fail = fail_every_alloc;
+    ep_alloc_fail = fake_alloc_fails;
     struct fake_sock *a = fake_accept(&f);
     cr_expect_null(a->conn);
     cr_expect_null(fake_check_cleanup(&f), "%s", fake_check_cleanup(&f));
