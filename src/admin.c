@@ -10,21 +10,28 @@
 #include "core/stats.h"
 
 #ifndef _WIN32
-#include <sys/select.h>
+#include <poll.h>
 #include <unistd.h>
 #endif
 
 #define ADMIN_LINE_MAX 256
 #define ADMIN_CLIENT_TIMEOUT_MS 5000
 
-/* Waits up to ms for s to become readable; 1 readable, 0 timeout, -1 error. */
+/* Waits up to ms for s to become readable; 1 readable, 0 timeout, -1 error.
+ * poll, not select, on POSIX: with thousands of clients the admin socket's
+ * descriptor is above FD_SETSIZE. Winsock's fd_set holds handles, any value. */
 static int wait_readable(net_socket s, int ms)
 {
+#ifdef _WIN32
     fd_set set;
     FD_ZERO(&set);
     FD_SET(s, &set);
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    int rc = select((int)s + 1, &set, NULL, NULL, &tv);
+    int rc = select(0, &set, NULL, NULL, &tv);
+#else
+    struct pollfd p = {.fd = s, .events = POLLIN};
+    int rc = poll(&p, 1, ms);
+#endif
     return rc < 0 ? -1 : rc > 0;
 }
 

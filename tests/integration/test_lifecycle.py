@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from echolib import (KiB, MiB, Session, assert_clean, check_echo, connect, mix_seed, parse_stats,
-                     payload, run_cli, run_sessions, wait_eof, wait_until)
+from echolib import (KiB, MiB, Session, assert_clean, check_echo, connect, mix_seed, only_builds,
+                     parse_stats, payload, run_cli, run_sessions, wait_eof, wait_until)
 
 STOPS = {"linux": ["admin", "sigint", "sigterm"], "windows": ["admin", "sigint"]}
 
@@ -225,3 +225,38 @@ def test_idle_timeout_closes_a_quiet_client(server, build):
     busy.close()
     srv.stop()
     assert_clean(srv)
+
+
+@only_builds("linux")
+def test_admin_port_answers_with_descriptors_above_fd_setsize(server, build):
+    """With more than 1024 clients connected the admin connection's descriptor is above
+    FD_SETSIZE: the admin port must still answer (it once waited with select(), whose
+    fd_set cannot hold such a descriptor) and the server must stay sound."""
+    srv = server(threads="1")
+    clients = []
+    try:
+        for _ in range(1100):
+            clients.append(connect(srv.addr, timeout=5))
+        wait_until(lambda: srv.stats()["active"] >= 1100, 20, "1100 clients to be accepted")
+        for _ in range(3):
+            assert srv.stats()["active"] >= 1100
+        clients[-1].sendall(b"still echoing")
+        check_echo(b"still echoing", read_exactly(clients[-1], 13))
+    finally:
+        for c in clients:
+            c.close()
+    srv.stop()
+    assert_clean(srv)
+
+
+def read_exactly(sock, want, timeout=10):
+    """Reads exactly `want` bytes (or what came before EOF / the deadline)."""
+    got = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(want - len(got))
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
