@@ -52,7 +52,7 @@ class Build:
         exe = ".exe" if name == "windows" else ""
         self.server_path = self.bindir / f"echoport{exe}"
         self.client_path = self.bindir / f"echoport-client{exe}"
-        self.wine = name == "windows"
+        self.wine = name == "windows" and os.name != "nt"  # native on real Windows
         # Wine runs each process through a loader and the prefix's wineserver:
         # slower starts, slower bulk transfer; workloads are sized down by `scale`.
         self.scale = 1.0
