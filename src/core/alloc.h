@@ -13,7 +13,7 @@ extern ep_alloc_fail_fn ep_alloc_fail;
 /* Nonzero unless the hook fails allocation `op` of connection `conn`. */
 int ep_alloc_allowed(uint64_t conn, uint64_t op);
 
-/* malloc(size) unless the hook fails it; NULL on failure. */
+/* calloc(1, size) unless the hook fails it; NULL on failure. */
 void *ep_alloc(size_t size, uint64_t conn, uint64_t op);
 
 #endif

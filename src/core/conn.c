@@ -22,7 +22,7 @@ int ep_alloc_allowed(uint64_t conn, uint64_t op)
 
 void *ep_alloc(size_t size, uint64_t conn, uint64_t op)
 {
-    return ep_alloc_allowed(conn, op) ? malloc(size) : NULL;
+    return ep_alloc_allowed(conn, op) ? calloc(1, size) : NULL;
 }
 
 /* Posts a receive. Lock held. */

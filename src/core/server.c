@@ -62,7 +62,6 @@ struct conn *srv_conn_new(struct server *s, int worker)
         atomic_fetch_sub(&s->live_conns, 1);
         return refuse();
     }
-    memset(c, 0, sizeof(*c) + s->bk->conn_size);
     stats_add(ctx_alloc, 1);
     stats_add(accepted, 1);
     struct worker *w = &s->workers[worker % s->nworkers];
