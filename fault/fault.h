@@ -60,13 +60,12 @@ struct fault_plan {
 int fault_plan_parse(const char *text, struct fault_plan *plan, char *err, size_t errlen);
 
 /* Installs `plan` as the process's active plan, replacing any other; log_path (may
- * be NULL) is truncated and receives one line per injected fault; the stats line gains
- * per-kind counts. 0, or EP_EIO with err set and no plan active. Setup only: not
- * concurrent with the other fault_* calls. */
+ * be NULL) is truncated and receives one line per injected fault. 0, or EP_EIO with
+ * err set and no plan active. Setup only: not concurrent with the other fault_* calls. */
 int fault_enable(const struct fault_plan *plan, const char *log_path, char *err, size_t errlen);
 
-/* Removes the active plan, closes the log, resets the counters and drops the per-kind
- * counts from the stats line. Teardown only, like fault_enable. */
+/* Removes the active plan, closes the log and resets the counters. Teardown only,
+ * like fault_enable. */
 void fault_disable(void);
 
 /* Nonzero when a plan is active (a cheap check for the hot path). */
@@ -96,10 +95,21 @@ uint64_t fault_calls(void);
  * records the fault when the allocation is to fail. */
 int fault_alloc_fails(uint64_t conn, uint64_t op);
 
-/* Counts an injected fault (ep_stats.faults and per kind) and logs it as
- * "fault site=recv conn=3 op=5 kind=connreset code=10054"; ignores FAULT_NONE and
- * other out-of-range kinds. Thread-safe; each line is written and flushed whole. */
+/* Counts an injected fault (per kind, then the counter hook) and logs it as
+ * "fault site=recv conn=3 op=5 kind=connreset code=-1"; ignores FAULT_NONE and other
+ * out-of-range kinds. Thread-safe: each line is written by one fwrite (stdio locks the
+ * stream) and flushed. */
 void fault_record(enum fault_site site, uint64_t conn, uint64_t op, enum fault_kind kind, int code);
+
+/* Called once for every fault recorded, from the recording thread; NULL = none. The
+ * fault module keeps no other counters than its own: main.c points this at the
+ * server's stats, so fault/ depends on nothing of the core. Setup only. */
+typedef void (*fault_counter_fn)(enum fault_kind kind);
+void fault_set_counter(fault_counter_fn fn);
+
+/* Writes " faults_<kind>=N" for every kind into buf (a stats_extra_fn): nothing when
+ * no plan is active. Returns the length written. */
+size_t fault_format_counts(char *buf, size_t len);
 
 /* Number of faults injected of `kind` since fault_enable. */
 uint64_t fault_count(enum fault_kind kind);
@@ -107,5 +117,40 @@ uint64_t fault_count(enum fault_kind kind);
 /* The plan-key / log name of a kind ("none" for FAULT_NONE) or site; "?" if out of range. */
 const char *fault_kind_name(enum fault_kind kind);
 const char *fault_site_name(enum fault_site site);
+
+/* ---- fault actions: what a backend does to one operation ----
+ * The plan's meaning is written here once; each backend only realises the action in
+ * its own terms (a Winsock error, a fabricated completion, a CQE result). Every
+ * function decides, records the fault when one fires, and returns FAULT_PASS for a
+ * call the plan leaves alone. Errors are EP_E* codes, translated back by the backend. */
+enum fault_effect {
+    FAULT_PASS = 0,   /* perform the operation as asked */
+    FAULT_FAIL_NOW,   /* do not perform it: the post itself fails with .error */
+    FAULT_FAIL_LATER, /* the post succeeds, its completion reports .error */
+    FAULT_EOF,        /* do not perform it: it completes with 0 bytes (the peer closed) */
+    FAULT_SHORTEN,    /* perform it with .len bytes (1 <= len < asked) instead */
+};
+
+struct fault_action {
+    enum fault_effect effect;
+    int error;  /* EP_E* code with FAULT_FAIL_NOW / FAULT_FAIL_LATER, else 0 */
+    size_t len; /* with FAULT_SHORTEN */
+};
+
+/* Receive `op` of connection `conn`: connreset (now or later) or zero_read (EOF). */
+struct fault_action fault_recv_action(uint64_t conn, uint64_t op);
+
+/* Send `op` of `len` bytes of connection `conn`: connreset (now or later) or
+ * partial_send (shorten; a send of fewer than 2 bytes is left whole). */
+struct fault_action fault_send_action(uint64_t conn, uint64_t op, size_t len);
+
+/* Accept with global ordinal `op` (connection 0): accept_fail now or later, with a
+ * reset, out of handles or out of buffers. A backend whose accept has already produced
+ * a socket realises both as "that socket failed": close it, count an accept error. */
+struct fault_action fault_accept_action(uint64_t op);
+
+/* SO_UPDATE_ACCEPT_CONTEXT (or the backend's accepted-socket setup) of accept `op`:
+ * setsockopt_fail, always FAULT_FAIL_NOW with EP_ENOBUFS. */
+struct fault_action fault_setsockopt_action(uint64_t op);
 
 #endif

@@ -1,4 +1,7 @@
-/* log.c - turning a plan on and off, and counting and logging each injected fault. */
+/* log.c - turning a plan on and off, and counting and logging each injected fault.
+ * No lock of the core's: the log file pointer changes only at setup and teardown, and
+ * each line is one fwrite, which stdio makes atomic on its stream (glibc and the
+ * Windows CRT both lock a FILE per call). */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdatomic.h>
@@ -8,22 +11,18 @@
 #include "ep.h"
 #include "fault.h"
 #include "fault_int.h"
-#include "platform.h"
-#include "stats.h"
 
 static atomic_uint_least64_t kind_counts[FAULT_KINDS];
-static ep_mutex log_lock; /* initialised once by the first fault_enable, never destroyed */
-static atomic_int log_lock_ready;
-static FILE *log_file; /* guarded by log_lock */
+static _Atomic(FILE *) log_file;
+static _Atomic(fault_counter_fn) counter;
 
-/* Appends " faults_<kind>=N" for every kind to buf (stats_extra_fn); returns the length. */
-static size_t format_kind_counts(char *buf, size_t len)
+size_t fault_format_counts(char *buf, size_t len)
 {
     size_t used = 0;
     if (len == 0)
         return 0;
     buf[0] = '\0';
-    for (int k = 0; k < FAULT_KINDS && used < len - 1; k++) {
+    for (int k = 0; fault_active() && k < FAULT_KINDS && used < len - 1; k++) {
         int n = snprintf(buf + used, len - used, " faults_%s=%" PRIu64, fault_kind_name(k),
                          fault_count(k));
         if (n < 0)
@@ -33,18 +32,9 @@ static size_t format_kind_counts(char *buf, size_t len)
     return used;
 }
 
-/* Closes the log file, if any. */
-static void close_log(void)
+void fault_set_counter(fault_counter_fn fn)
 {
-    FILE *f = NULL;
-    if (!atomic_load_explicit(&log_lock_ready, memory_order_acquire))
-        return;
-    ep_mutex_lock(&log_lock);
-    f = log_file;
-    log_file = NULL;
-    ep_mutex_unlock(&log_lock);
-    if (f)
-        fclose(f);
+    atomic_store(&counter, fn);
 }
 
 int fault_enable(const struct fault_plan *plan, const char *log_path, char *err, size_t errlen)
@@ -56,14 +46,7 @@ int fault_enable(const struct fault_plan *plan, const char *log_path, char *err,
             snprintf(err, errlen, "cannot open fault log '%s': %s", log_path, strerror(errno));
         return EP_EIO;
     }
-    if (!atomic_load_explicit(&log_lock_ready, memory_order_relaxed)) {
-        ep_mutex_init(&log_lock);
-        atomic_store_explicit(&log_lock_ready, 1, memory_order_release);
-    }
-    ep_mutex_lock(&log_lock);
-    log_file = f;
-    ep_mutex_unlock(&log_lock);
-    stats_set_extra(format_kind_counts);
+    atomic_store(&log_file, f);
     fault_decide_install(plan);
     return 0;
 }
@@ -71,8 +54,9 @@ int fault_enable(const struct fault_plan *plan, const char *log_path, char *err,
 void fault_disable(void)
 {
     fault_decide_install(NULL);
-    stats_set_extra(NULL);
-    close_log();
+    FILE *f = atomic_exchange(&log_file, NULL);
+    if (f)
+        fclose(f);
     for (int k = 0; k < FAULT_KINDS; k++)
         atomic_store_explicit(&kind_counts[k], 0, memory_order_relaxed);
 }
@@ -82,19 +66,20 @@ void fault_record(enum fault_site site, uint64_t conn, uint64_t op, enum fault_k
     char line[160];
     if ((unsigned)kind >= FAULT_KINDS)
         return;
-    stats_add(faults, 1);
     atomic_fetch_add_explicit(&kind_counts[kind], 1, memory_order_relaxed);
-    if (!atomic_load_explicit(&log_lock_ready, memory_order_acquire))
+    fault_counter_fn count = atomic_load_explicit(&counter, memory_order_relaxed);
+    if (count)
+        count(kind);
+    FILE *f = atomic_load_explicit(&log_file, memory_order_acquire);
+    if (!f)
         return;
     int n = snprintf(line, sizeof(line),
                      "fault site=%s conn=%" PRIu64 " op=%" PRIu64 " kind=%s code=%d\n",
                      fault_site_name(site), conn, op, fault_kind_name(kind), code);
-    ep_mutex_lock(&log_lock);
-    if (log_file && n > 0) {
-        fwrite(line, 1, (size_t)n, log_file);
-        fflush(log_file);
+    if (n > 0) {
+        fwrite(line, 1, (size_t)n, f);
+        fflush(f);
     }
-    ep_mutex_unlock(&log_lock);
 }
 
 uint64_t fault_count(enum fault_kind kind)

@@ -55,6 +55,13 @@ static void install_stop_handlers(struct server *s)
 }
 #endif
 
+/* The fault module's counter hook: every injected fault counts in the stats. */
+static void count_fault(enum fault_kind kind)
+{
+    (void)kind;
+    stats_add(faults, 1);
+}
+
 /* Activates the fault plan of the command line or environment; exits 2 when bad. */
 static void enable_faults(const struct ep_config *cfg)
 {
@@ -62,6 +69,8 @@ static void enable_faults(const struct ep_config *cfg)
     char err[256];
     if (!cfg->faults)
         return;
+    fault_set_counter(count_fault);
+    stats_set_extra(fault_format_counts);
     if (fault_plan_parse(cfg->faults, &plan, err, sizeof(err)) ||
         fault_enable(&plan, cfg->fault_log, err, sizeof(err))) {
         fprintf(stderr, "echoport: %s\n", err);

@@ -14,28 +14,23 @@ static struct fake_sock *sock_of(struct conn *c)
     return *(struct fake_sock **)conn_bk(c);
 }
 
-/* Applies the active fault plan to an operation being posted. */
-static void decide_fault(struct fake_sock *s, enum fault_site site, uint64_t op)
+/* Realises a fault action on the operation being posted: a forced result (the
+ * failure or EOF it completes with) or a shorter send. */
+static void realise(struct fake_sock *s, struct fault_action a)
 {
-    uint64_t aux;
-    enum fault_kind kind = fault_decide(site, s->id, op, &aux);
-    if (kind == FAULT_NONE)
-        return;
-    if (kind == FAULT_PARTIAL_SEND) {
-        if (s->send_len > 1)
-            s->send_len = 1 + (size_t)(aux % (s->send_len - 1));
-    } else {
+    if (a.effect == FAULT_SHORTEN) {
+        s->send_len = a.len;
+    } else if (a.effect != FAULT_PASS) {
         s->has_forced = 1;
-        s->forced = kind == FAULT_ZERO_READ ? 0 : EP_ECONNRESET;
+        s->forced = a.effect == FAULT_EOF ? 0 : a.error;
     }
-    fault_record(site, s->id, op, kind, kind == FAULT_ZERO_READ ? 0 : EP_ECONNRESET);
 }
 
 static void fake_recv(struct conn *c)
 {
     struct fake_sock *s = sock_of(c);
     s->op = FAKE_OP_RECV;
-    decide_fault(s, FAULT_SITE_RECV, c->recv_ops);
+    realise(s, fault_recv_action(s->id, c->recv_ops));
 }
 
 static void fake_send(struct conn *c, const char *buf, size_t len)
@@ -44,7 +39,7 @@ static void fake_send(struct conn *c, const char *buf, size_t len)
     s->op = FAKE_OP_SEND;
     s->send_buf = buf;
     s->send_len = len;
-    decide_fault(s, FAULT_SITE_SEND, c->send_ops);
+    realise(s, fault_send_action(s->id, c->send_ops, len));
 }
 
 static void fake_cancel(struct conn *c)
@@ -109,12 +104,10 @@ struct fake_sock *fake_accept(struct fake *f)
     if (f->nsocks == FAKE_MAX_SOCKS)
         abort();
     struct fake_sock *s = &f->socks[f->nsocks++];
-    uint64_t aux, op = (uint64_t)f->accepts++;
+    uint64_t op = (uint64_t)f->accepts++;
     stats_add(sockets_opened, 1);
-    enum fault_kind kind = fault_decide(FAULT_SITE_ACCEPT, 0, op, &aux);
-    if (kind != FAULT_NONE) {
+    if (fault_accept_action(op).effect != FAULT_PASS) {
         /* the accept failed: its socket is closed and the listener keeps going */
-        fault_record(FAULT_SITE_ACCEPT, 0, op, kind, EP_ECONNRESET);
         stats_add(accept_errors, 1);
         s->closes++;
         stats_add(sockets_closed, 1);

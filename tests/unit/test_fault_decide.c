@@ -1,7 +1,8 @@
 /* test_fault_decide.c - fault decisions (pure per call, exhaustive nth walks, filters)
- * and the fault log: counting, log lines, the stats line's per-kind counts. */
+ * and the fault log: counting, the counter hook, log lines, the per-kind counts. */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,10 +11,32 @@
 #include "ep.h"
 #include "fault.h"
 #include "platform.h"
-#include "stats.h"
 
-TestSuite(fault_decide, .init = stats_reset, .fini = fault_disable);
-TestSuite(fault_log, .init = stats_reset, .fini = fault_disable);
+static atomic_ulong hook_calls[FAULT_KINDS]; /* what the counter hook saw (any thread) */
+
+/* The counter hook under test: counts per kind. */
+static void count_in_test(enum fault_kind kind)
+{
+    atomic_fetch_add(&hook_calls[kind], 1);
+}
+
+/* Zeroes the hook's counts and installs it, as main.c installs its own. */
+static void log_setup(void)
+{
+    for (int k = 0; k < FAULT_KINDS; k++)
+        atomic_store(&hook_calls[k], 0);
+    fault_set_counter(count_in_test);
+}
+
+/* Removes the plan and the hook. */
+static void log_teardown(void)
+{
+    fault_disable();
+    fault_set_counter(NULL);
+}
+
+TestSuite(fault_decide, .fini = fault_disable);
+TestSuite(fault_log, .init = log_setup, .fini = log_teardown);
 
 /* Parses text and makes it the active plan (no log). */
 static void enable(const char *text)
@@ -580,14 +603,16 @@ Test(fault_log, record_counts_per_kind_and_in_total)
     cr_assert_eq(fault_count(FAULT_ZERO_READ), 0);
     cr_assert_eq(fault_count(FAULT_NONE), 0);
     cr_assert_eq(fault_count((enum fault_kind)FAULT_KINDS), 0);
-    cr_assert_eq(stats_get(faults), 4);
+    cr_assert_eq(hook_calls[FAULT_CONNRESET], 2);
+    cr_assert_eq(hook_calls[FAULT_PARTIAL_SEND] + hook_calls[FAULT_ALLOC_FAIL], 2);
 }
 
 Test(fault_log, record_ignores_out_of_range_kinds)
 {
     fault_record(FAULT_SITE_RECV, 1, 1, FAULT_NONE, 0);
     fault_record(FAULT_SITE_RECV, 1, 1, (enum fault_kind)FAULT_KINDS, 0);
-    cr_assert_eq(stats_get(faults), 0);
+    for (int k = 0; k < FAULT_KINDS; k++)
+        cr_assert_eq(hook_calls[k], 0);
 }
 
 Test(fault_log, record_writes_one_line_per_fault)
@@ -634,7 +659,7 @@ Test(fault_log, disable_closes_the_log_and_resets_counts)
     read_text(path, text, sizeof(text));
     remove(path);
     cr_assert_str_eq(text, "fault site=recv conn=1 op=1 kind=zero_read code=0\n");
-    cr_assert_eq(stats_get(faults), 2);
+    cr_assert_eq(hook_calls[FAULT_ZERO_READ], 2, "the hook counts with or without a plan");
 }
 
 Test(fault_log, enable_reports_a_log_it_cannot_open)
@@ -693,7 +718,7 @@ Test(fault_log, records_from_many_threads_stay_whole_lines)
     cr_assert_eq(lines, THREADS * 250);
 }
 
-Test(fault_log, stats_line_carries_per_kind_counts)
+Test(fault_log, formatted_counts_name_every_kind)
 {
     char line[1024];
     enable("seed=1,connreset=0.1");
@@ -701,50 +726,26 @@ Test(fault_log, stats_line_carries_per_kind_counts)
     fault_record(FAULT_SITE_SEND, 1, 2, FAULT_CONNRESET, 0);
     fault_record(FAULT_SITE_SEND, 1, 3, FAULT_PARTIAL_SEND, 0);
     fault_record(FAULT_SITE_ALLOC, 2, 0, FAULT_ALLOC_FAIL, 0);
-    stats_format(line, sizeof(line));
-    cr_assert_not_null(strstr(line, " faults=4 "), "%s", line);
-    cr_assert_not_null(strstr(line, " faults_connreset=2 faults_partial_send=1 faults_zero_read=0"
-                                    " faults_accept_fail=0 faults_setsockopt_fail=0"
-                                    " faults_alloc_fail=1"),
-                       "%s", line);
+    size_t n = fault_format_counts(line, sizeof(line));
+    cr_assert_eq(n, strlen(line));
+    cr_assert_str_eq(line, " faults_connreset=2 faults_partial_send=1 faults_zero_read=0"
+                           " faults_accept_fail=0 faults_setsockopt_fail=0 faults_alloc_fail=1");
 }
 
-Test(fault_log, stats_line_has_no_per_kind_counts_without_a_plan)
+Test(fault_log, formatted_counts_are_empty_without_a_plan)
 {
-    char line[1024];
+    char line[64] = "x";
     enable("seed=1");
     fault_disable();
-    stats_format(line, sizeof(line));
-    cr_assert_null(strstr(line, "faults_"), "%s", line);
-    cr_assert_not_null(strstr(line, " faults=0"), "%s", line);
+    cr_assert_eq(fault_format_counts(line, sizeof(line)), 0);
+    cr_assert_str_eq(line, "");
 }
 
-Test(fault_log, stats_line_fits_small_buffers)
+Test(fault_log, formatted_counts_stop_at_the_buffer_end)
 {
-    char full[1024], line[1024];
+    char line[20];
     enable("seed=1");
-    fault_record(FAULT_SITE_RECV, 1, 1, FAULT_ZERO_READ, 0);
-    size_t n = stats_format(full, sizeof(full));
-    cr_assert_lt(n, sizeof(full) - 1);
-    for (size_t len = 2; len <= n + 1; len++) {
-        memset(line, '#', sizeof(line));
-        size_t used = stats_format(line, len);
-        cr_assert_lt(used, len, "len %d", (int)len);
-        cr_assert_eq(strlen(line), used, "len %d", (int)len);
-    }
-}
-
-Test(fault_log, names_every_site_and_kind)
-{
-    static const char *const kinds[FAULT_KINDS] = {"connreset",   "partial_send",    "zero_read",
-                                                   "accept_fail", "setsockopt_fail", "alloc_fail"};
-    static const char *const sites[FAULT_SITES] = {"recv", "send", "accept", "setsockopt", "alloc"};
-    for (int k = 0; k < FAULT_KINDS; k++)
-        cr_assert_str_eq(fault_kind_name((enum fault_kind)k), kinds[k]);
-    for (int s = 0; s < FAULT_SITES; s++)
-        cr_assert_str_eq(fault_site_name((enum fault_site)s), sites[s]);
-    cr_assert_str_eq(fault_kind_name(FAULT_NONE), "none");
-    cr_assert_str_eq(fault_kind_name((enum fault_kind)FAULT_KINDS), "?");
-    cr_assert_str_eq(fault_site_name((enum fault_site)FAULT_SITES), "?");
-    cr_assert_str_eq(fault_site_name((enum fault_site) - 1), "?");
+    size_t n = fault_format_counts(line, sizeof(line));
+    cr_assert_eq(n, sizeof(line) - 1);
+    cr_assert_eq(strlen(line), n);
 }
