@@ -12,8 +12,12 @@
  * - Platform errors are translated once, by the backend's translate_error(), to
  *   EP_E* codes. Aborted / cancelled / net-name-deleted / reset are ordinary
  *   closes.
- * - Each worker thread calls srv_tick() at least every 100 ms and leaves when
- *   srv_worker_done() holds and its own accept operations have all completed.
+ * - Each worker thread calls srv_tick() every SRV_TICK_MS, and soon after wake(),
+ *   and leaves when srv_worker_done() holds and its own accepts have all completed.
+ * - A failed accept is re-posted after srv_accept_retry_ms(consecutive failures).
+ * - When conn_recv_buffer() returns NULL, the receive completes with EP_ENOMEM and
+ *   no data is taken from the socket (the core parks the connection or closes it).
+ *   Pools a backend fills up front are sized by srv_pool_reserve().
  */
 #ifndef EP_BACKEND_H
 #define EP_BACKEND_H
@@ -31,8 +35,9 @@ struct bk_ops {
      * s->bound_addr, posts the initial accepts. 0, or EP_E* with a one-line
      * message in err. */
     int (*start)(struct server *s, char *err, size_t errlen);
-    /* Runs s->nworkers worker threads until every one is done; returns 0. */
-    int (*run)(struct server *s);
+    /* Runs worker `worker`'s loop on the calling thread (srv_run gives each its own)
+     * until srv_worker_done holds and its own accept operations have completed. */
+    void (*run_worker)(struct server *s, int worker);
     /* Posts a receive; data goes into conn_recv_buffer(c) once it is there. */
     void (*recv)(struct conn *c);
     /* Posts a send of buf[0..len); may complete short. */

@@ -24,11 +24,9 @@
 #include "fault.h"
 #include "net.h"
 
-#define KEY_IO 1         /* completions of socket operations (real or fabricated) */
-#define KEY_WAKE 2       /* wake packets: tick now */
-#define BATCH 64         /* completions dequeued per GetQueuedCompletionStatusEx */
-#define TICK_MS 50       /* tick period; the contract asks for at most 100 ms */
-#define BACKOFF_MAX_MS 1000
+#define KEY_IO 1   /* completions of socket operations (real or fabricated) */
+#define KEY_WAKE 2 /* wake packets: tick now */
+#define BATCH 64   /* completions dequeued per GetQueuedCompletionStatusEx */
 #define DESTROY_DRAIN_MS 2000
 /* AcceptEx wants each address slot 16 bytes larger than the largest address. */
 #define ACCEPT_ADDR_LEN ((DWORD)sizeof(struct sockaddr_storage) + 16)
@@ -64,23 +62,18 @@ struct iocp_conn {
 
 struct iocp {
     HANDLE port;
-    SOCKET listener;   /* INVALID_SOCKET once stop_accepting closed it */
+    SOCKET listener; /* INVALID_SOCKET once stop_accepting closed it */
     int family;
     CRITICAL_SECTION accept_lock;
     struct accept_req *accepts;
     int naccepts;
-    atomic_int accepts_posted;  /* AcceptEx posted whose completion is not handled yet */
-    atomic_int retries;         /* accept requests in AS_RETRY */
+    atomic_int accepts_posted; /* AcceptEx posted whose completion is not handled yet */
+    atomic_int retries;        /* accept requests in AS_RETRY */
     atomic_uint_least64_t accept_ordinal;
     CRITICAL_SECTION deferred_lock;
-    struct req *deferred;       /* failures PostQueuedCompletionStatus could not queue */
+    struct req *deferred; /* failures PostQueuedCompletionStatus could not queue */
     atomic_int ndeferred;
     int wsa_started;
-};
-
-struct worker_arg {
-    struct server *s;
-    int index;
 };
 
 /* Translates a Win32/Winsock error to an EP_E* code (the one translate_error). */
@@ -92,7 +85,7 @@ static int translate_error(DWORD e)
     case ERROR_OPERATION_ABORTED: /* == WSA_OPERATION_ABORTED */
     case ERROR_NETNAME_DELETED:   /* closesocket cancels with this too (corosio #160) */
     case WSAEINTR:
-    case WSAENOTSOCK:             /* our own close raced the call */
+    case WSAENOTSOCK: /* our own close raced the call */
         return EP_ECANCELED;
     case WSAECONNRESET:
     case WSAECONNABORTED:
@@ -173,29 +166,19 @@ static void fail_via_port(struct iocp *b, struct req *r, DWORD err)
 
 static void post_accept_locked(struct iocp *b, struct accept_req *ar);
 
-/* Parks ar for a re-post after its back-off (1 ms doubling to 1 s). accept_lock held. */
-static void schedule_retry(struct iocp *b, struct accept_req *ar)
-{
-    unsigned shift = ar->fails >= 2 ? ar->fails - 2 : 0; /* the 2nd failure waits 1 ms */
-    int64_t delay = shift >= 10 ? BACKOFF_MAX_MS : (int64_t)1 << shift;
-    if (delay > BACKOFF_MAX_MS)
-        delay = BACKOFF_MAX_MS;
-    ar->retry_at_ms = ep_now_ms() + delay;
-    ar->state = AS_RETRY;
-    atomic_fetch_add(&b->retries, 1);
-}
-
-/* An accept failed (its socket already closed): re-post at once after a first
- * failure, else back off, so one transient failure never stops the listener
- * (tinymux #1830) and a persistent one does not spin. accept_lock held. */
+/* An accept failed (its socket already closed): re-post it after the core's retry
+ * delay for this many consecutive failures, parking it until then. accept_lock held. */
 static void accept_failed(struct iocp *b, struct accept_req *ar)
 {
     stats_add(accept_errors, 1);
-    ar->fails++;
-    if (ar->fails == 1)
+    int64_t delay = srv_accept_retry_ms(++ar->fails);
+    if (delay == 0) {
         post_accept_locked(b, ar);
-    else
-        schedule_retry(b, ar);
+        return;
+    }
+    ar->retry_at_ms = ep_now_ms() + delay;
+    ar->state = AS_RETRY;
+    atomic_fetch_add(&b->retries, 1);
 }
 
 /* Posts AcceptEx (receive length 0: a silent client must not hold it, libevent #664)
@@ -479,7 +462,7 @@ static int worker_pass(struct server *s, int w, struct loop_state *ls, int64_t m
     struct iocp *b = s->bk_state;
     OVERLAPPED_ENTRY ev[BATCH];
     int64_t now = ep_now_ms();
-    int64_t wait = ls->always_tick ? max_wait : ls->last_tick + TICK_MS - now;
+    int64_t wait = ls->always_tick ? max_wait : ls->last_tick + SRV_TICK_MS - now;
     if (wait < 0)
         wait = 0;
     if (wait > max_wait)
@@ -508,7 +491,7 @@ static int worker_pass(struct server *s, int w, struct loop_state *ls, int64_t m
     }
     drain_deferred(b, s, w);
     now = ep_now_ms();
-    if (woken || ls->always_tick || now - ls->last_tick >= TICK_MS) {
+    if (woken || ls->always_tick || now - ls->last_tick >= SRV_TICK_MS) {
         srv_tick(s, w);
         ls->last_tick = now;
     }
@@ -516,13 +499,12 @@ static int worker_pass(struct server *s, int w, struct loop_state *ls, int64_t m
     return srv_worker_done(s, w) && atomic_load(&b->accepts_posted) == 0;
 }
 
-/* One worker: passes until it may leave or the port is gone. */
-static void worker_main(void *p)
+/* bk run_worker: passes until the worker may leave or the port is gone. */
+static void iocp_run_worker(struct server *s, int w)
 {
-    struct worker_arg *a = p;
     struct loop_state ls = {ep_now_ms(), INT_MAX, 0};
-    srv_tick(a->s, a->index);
-    while (worker_pass(a->s, a->index, &ls, INT_MAX) == 0) {
+    srv_tick(s, w);
+    while (worker_pass(s, w, &ls, INT_MAX) == 0) {
     }
 }
 
@@ -538,41 +520,6 @@ SOCKET iocp_test_accept_socket(const OVERLAPPED *ov)
 {
     const struct accept_req *ar = (const struct accept_req *)(const void *)ov;
     return ar->r.kind == REQ_ACCEPT ? ar->sock : INVALID_SOCKET;
-}
-
-/* bk run: worker 0 on the calling thread, the others on their own. */
-static int iocp_run(struct server *s)
-{
-    int n = s->nworkers;
-    struct worker_arg *args = calloc((size_t)n, sizeof(*args));
-    ep_thread *threads = calloc((size_t)n, sizeof(*threads));
-    int *started = calloc((size_t)n, sizeof(*started));
-    if (!args || !threads || !started) {
-        free(args);
-        free(threads);
-        free(started);
-        struct worker_arg one = {s, 0};
-        worker_main(&one); /* no memory for more: one thread still serves */
-        return 0;
-    }
-    for (int i = 0; i < n; i++) {
-        args[i].s = s;
-        args[i].index = i;
-    }
-    for (int i = 1; i < n; i++) {
-        /* a worker that cannot start owns nothing: accepts go to the running ones */
-        started[i] = ep_thread_start(&threads[i], worker_main, &args[i]) == 0;
-        if (!started[i])
-            fprintf(stderr, "echoport: cannot start worker %d, continuing without it\n", i);
-    }
-    worker_main(&args[0]);
-    for (int i = 1; i < n; i++)
-        if (started[i])
-            ep_thread_join(threads[i]);
-    free(args);
-    free(threads);
-    free(started);
-    return 0;
 }
 
 /* bk cancel: closes the socket so its posted operations complete (aborted or
@@ -675,8 +622,8 @@ static int iocp_start(struct server *s, char *err, size_t errlen)
     rc = EP_EIO;
     b->family = addr.ss_family;
     /* no SO_REUSEADDR: on Windows it lets another socket steal the port */
-    b->listener = shim_WSASocketW(b->family, SOCK_STREAM, IPPROTO_TCP, NULL, 0,
-                                  WSA_FLAG_OVERLAPPED);
+    b->listener =
+        shim_WSASocketW(b->family, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
     if (b->listener == INVALID_SOCKET) {
         snprintf(err, errlen, "socket: %s", net_last_error());
         goto fail;
@@ -756,7 +703,7 @@ const struct bk_ops bk_iocp = {
     .name = "iocp",
     .conn_size = sizeof(struct iocp_conn),
     .start = iocp_start,
-    .run = iocp_run,
+    .run_worker = iocp_run_worker,
     .recv = iocp_recv,
     .send = iocp_send,
     .cancel = iocp_cancel,

@@ -17,7 +17,7 @@ struct server;
  * sooner, 0 when a deferred failure is waiting), dispatches it and the deferred
  * failures, ticks, re-posts due accepts again. Returns 1 when the worker would
  * leave now, -1 when the port is gone, else 0. The server must have been started
- * with bk_iocp.start and must not be running bk_iocp.run. */
+ * with bk_iocp.start and must not be running its workers (srv_run). */
 int iocp_test_pass(struct server *s, int w, unsigned max_wait_ms);
 
 /* The accept socket the accept request owning `ov` holds (INVALID_SOCKET if none, or

@@ -32,9 +32,6 @@
 #define CQ_FACTOR 8u
 #define CQE_BATCH 64   /* CQEs copied out per batch */
 #define MAX_BATCHES 64 /* batches per loop turn, so ticks keep their pace */
-#define TICK_MS 50     /* srv_tick every 50 ms: well inside the 100 ms bound */
-#define BACKOFF_MS 50  /* accept retry delay after EMFILE & co. */
-#define ERROR_STREAK 8 /* consecutive accept errors before backing off anyway */
 #define BUF_GROUP 0
 #define BUF_BUDGET (8u << 20) /* provided-buffer bytes per ring, roughly */
 #define BUF_MIN 2u
@@ -183,48 +180,42 @@ static void arm_accept(struct uworker *w)
     w->accept_armed = 1;
 }
 
-/* Re-arms the accept after a bounded delay, so a persistent error cannot spin. */
-static void arm_backoff(struct uworker *w)
+/* Re-arms the accept after delay_ms, so a persistent error cannot spin. */
+static void arm_backoff(struct uworker *w, int64_t delay_ms)
 {
     struct io_uring_sqe *sqe = get_sqe(w);
     if (!sqe) {
         w->rearm_accept = 1;
         return;
     }
-    w->backoff_ts.tv_sec = 0;
-    w->backoff_ts.tv_nsec = BACKOFF_MS * 1000000L;
+    w->backoff_ts.tv_sec = delay_ms / 1000;
+    w->backoff_ts.tv_nsec = (delay_ms % 1000) * 1000000L;
     io_uring_prep_timeout(sqe, &w->backoff_ts, 0, 0);
     io_uring_sqe_set_data(sqe, &w->backoff_req);
     w->backoff_armed = 1;
 }
 
-/* The multishot accept ended (res is its last result): re-arm, back off, or finish. */
-static void accept_ended(struct uworker *w, int res)
+/* The multishot accept ended: re-arm it, after the core's retry delay when it ended
+ * on errors, or finish accepting. */
+static void accept_ended(struct uworker *w)
 {
-    if (w->stop) {
+    int64_t delay = srv_accept_retry_ms(w->err_streak);
+    if (w->stop)
         maybe_finish_accepting(w);
-    } else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM ||
-               w->err_streak > ERROR_STREAK) {
-        w->err_streak = 0;
-        arm_backoff(w);
-    } else {
+    else if (delay > 0)
+        arm_backoff(w, delay);
+    else
         arm_accept(w);
-    }
 }
 
-/* Applies a fault of `site` to the fresh socket of accept `op`: closes the socket
- * and returns -errno when one fires, else returns fd. */
-static int fault_fresh_socket(enum fault_site site, uint64_t op, int fd)
+/* Realises an accept-side fault action on a fresh socket: closes it and returns the
+ * action's error as -errno when one fires, else returns fd. */
+static int fail_fresh_socket(struct fault_action a, int fd)
 {
-    static const int accept_codes[] = {ECONNABORTED, EMFILE, ENOBUFS};
-    uint64_t aux = 0;
-    enum fault_kind kind = fault_decide(site, 0, op, &aux);
-    if (kind == FAULT_NONE)
+    if (a.effect == FAULT_PASS)
         return fd;
-    int code = site == FAULT_SITE_ACCEPT ? accept_codes[aux % EP_ARRAY_LEN(accept_codes)] : EINVAL;
-    fault_record(site, 0, op, kind, code);
     close_socket(fd);
-    return -code;
+    return a.error == EP_EMFILE ? -EMFILE : a.error == EP_ENOBUFS ? -ENOBUFS : -ECONNABORTED;
 }
 
 /* Readies an accepted socket (faults, TCP_NODELAY): fd, or -errno once it is closed.
@@ -234,9 +225,9 @@ static int prepare_socket(struct uworker *w, int fd)
     int one = 1;
     if (fault_active()) {
         uint64_t op = atomic_fetch_add(&w->st->accept_ordinal, 1) + 1;
-        fd = fault_fresh_socket(FAULT_SITE_ACCEPT, op, fd);
+        fd = fail_fresh_socket(fault_accept_action(op), fd);
         if (fd >= 0)
-            fd = fault_fresh_socket(FAULT_SITE_SETSOCKOPT, op, fd);
+            fd = fail_fresh_socket(fault_setsockopt_action(op), fd);
     }
     if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))) {
         int code = errno;
@@ -278,7 +269,7 @@ static void on_accept(struct uworker *w, int res, unsigned flags)
         w->err_streak++;
     }
     if (!more)
-        accept_ended(w, res);
+        accept_ended(w);
 }
 
 /* The back-off delay elapsed (or was cancelled at stop). */
@@ -313,28 +304,26 @@ static void cancel_accepting(struct uworker *w)
 
 /* ---- connection operations -------------------------------------------------------- */
 
-/* Applies the fault plan to a recv/send about to be posted; may shorten *len.
+/* Realises the fault action of a recv/send about to be posted; may shorten *len.
  * Returns 1 when the operation was replaced by a synthesized completion. */
-static int inject(struct uconn *u, struct conn *c, enum fault_site site, uint64_t op, size_t *len)
+static int realise(struct uconn *u, struct fault_action a, size_t *len)
 {
-    uint64_t aux = 0;
-    enum fault_kind kind = fault_decide(site, c->id, op, &aux);
-    if (kind == FAULT_CONNRESET) {
-        fault_record(site, c->id, op, kind, ECONNRESET);
-        if (aux & 1) {
-            defer(u->w, &u->req, -ECONNRESET); /* fails "at once" */
-            return 1;
-        }
-        u->req.fail_reset = 1; /* fails "on completion", after the real I/O */
-    } else if (kind == FAULT_ZERO_READ && site == FAULT_SITE_RECV) {
-        fault_record(site, c->id, op, kind, 0);
+    switch (a.effect) {
+    case FAULT_FAIL_NOW:
+        defer(u->w, &u->req, -ECONNRESET);
+        return 1;
+    case FAULT_FAIL_LATER:
+        u->req.fail_reset = 1; /* after the real I/O */
+        return 0;
+    case FAULT_EOF:
         defer(u->w, &u->req, 0);
         return 1;
-    } else if (kind == FAULT_PARTIAL_SEND && site == FAULT_SITE_SEND && *len > 1) {
-        *len = 1 + (size_t)(aux % (*len - 1));
-        fault_record(site, c->id, op, kind, 0);
+    case FAULT_SHORTEN:
+        *len = a.len;
+        return 0;
+    default:
+        return 0;
     }
-    return 0;
 }
 
 /* Resets c's request for a new operation of `kind`. */
@@ -351,7 +340,7 @@ static void uring_recv(struct conn *c)
     struct uconn *u = conn_bk(c);
     size_t len = c->srv->cfg->buffer_size;
     struct ureq *r = begin_op(u, OPK_RECV);
-    if (fault_active() && inject(u, c, FAULT_SITE_RECV, c->recv_ops, &len))
+    if (fault_active() && realise(u, fault_recv_action(c->id, c->recv_ops), &len))
         return;
     struct io_uring_sqe *sqe = get_sqe(u->w);
     if (!sqe) {
@@ -387,7 +376,7 @@ static void uring_send(struct conn *c, const char *buf, size_t len)
     struct ureq *r = begin_op(u, OPK_SEND);
     if (len > INT32_MAX)
         len = INT32_MAX; /* a CQE result is an int: report a short send instead */
-    if (fault_active() && inject(u, c, FAULT_SITE_SEND, c->send_ops, &len))
+    if (fault_active() && realise(u, fault_send_action(c->id, c->send_ops, len), &len))
         return;
     struct io_uring_sqe *sqe = get_sqe(u->w);
     if (!sqe) {
@@ -468,7 +457,7 @@ static void arm_wake(struct uworker *w)
 {
     struct io_uring_sqe *sqe = get_sqe(w);
     if (!sqe)
-        return; /* ticks still come every TICK_MS */
+        return; /* ticks still come every SRV_TICK_MS */
     io_uring_prep_poll_multishot(sqe, w->efd, POLLIN);
     io_uring_sqe_set_data(sqe, &w->wake_req);
 }
@@ -553,7 +542,7 @@ static void reap(struct uworker *w)
  * when synthesized completions are waiting). */
 static void submit_and_wait(struct uworker *w)
 {
-    struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = TICK_MS * 1000000L};
+    struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = SRV_TICK_MS * 1000000L};
     struct io_uring_cqe *cqe;
     if (w->deferred)
         io_uring_submit(&w->ring);
@@ -576,10 +565,11 @@ static int enable_ring(struct uworker *w)
                         0);
 }
 
-/* One worker thread: its ring's loop, until shutdown has drained it. */
-static void worker_main(void *arg)
+/* bk run_worker: worker `index`'s ring loop on the calling thread, its single issuer,
+ * until shutdown has drained it. */
+static void uring_run_worker(struct server *s, int index)
 {
-    struct uworker *w = arg;
+    struct uworker *w = &((struct uring_state *)s->bk_state)->w[index];
     int64_t next_tick = 0;
     if (w->disabled && enable_ring(w) < 0) {
         fprintf(stderr, "echoport: io_uring_enable_rings failed\n");
@@ -596,7 +586,7 @@ static void worker_main(void *arg)
         int64_t now = ep_now_ms();
         if (w->tick_now || now >= next_tick) {
             w->tick_now = 0;
-            next_tick = now + TICK_MS;
+            next_tick = now + SRV_TICK_MS;
             srv_tick(w->srv, w->index);
         }
         if (worker_finished(w))
@@ -632,26 +622,6 @@ static void uring_wake(struct server *s)
             (void)rc; /* a full counter already means "wake up" */
         }
     }
-}
-
-/* Runs worker 0 on the calling thread and the others on threads of their own. */
-static int uring_run(struct server *s)
-{
-    struct uring_state *st = s->bk_state;
-    ep_thread *threads = calloc((size_t)st->nworkers, sizeof(*threads));
-    unsigned char *started = calloc((size_t)st->nworkers, 1);
-    for (int i = 1; i < st->nworkers && threads && started; i++)
-        started[i] = ep_thread_start(&threads[i], worker_main, &st->w[i]) == 0;
-    worker_main(&st->w[0]);
-    for (int i = 1; i < st->nworkers; i++) {
-        if (started && started[i])
-            ep_thread_join(threads[i]);
-        else
-            worker_main(&st->w[i]); /* could not start: it drains here, after stop */
-    }
-    free(threads);
-    free(started);
-    return 0;
 }
 
 /* Creates w's ring: single issuer (enabled later on its own thread), cooperative
@@ -817,7 +787,7 @@ const struct bk_ops bk_uring = {
     .name = "io_uring",
     .conn_size = sizeof(struct uconn),
     .start = uring_start,
-    .run = uring_run,
+    .run_worker = uring_run_worker,
     .recv = uring_recv,
     .send = uring_send,
     .cancel = uring_cancel,

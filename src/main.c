@@ -117,7 +117,7 @@ int main(int argc, char **argv)
     printf("listening on %s\n", srv.bound_addr);
     fflush(stdout);
 
-    EP_BACKEND.run(&srv);
+    srv_run(&srv);
 
     if (cfg.admin_port >= 0)
         admin_stop(&admin);

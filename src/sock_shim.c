@@ -6,14 +6,15 @@
 
 #include <string.h>
 
+#include "core/ep.h"
 #include "core/stats.h"
 #include "fault.h"
 
 /* The defaults: the real calls, plus socket counting where sockets are born and die. */
 
 /* WSASocketW, counting each socket it creates. */
-static SOCKET WSAAPI dflt_WSASocketW(int af, int type, int proto, LPWSAPROTOCOL_INFOW info,
-                                     GROUP g, DWORD flags)
+static SOCKET WSAAPI dflt_WSASocketW(int af, int type, int proto, LPWSAPROTOCOL_INFOW info, GROUP g,
+                                     DWORD flags)
 {
     SOCKET s = WSASocketW(af, type, proto, info, g, flags);
     if (s != INVALID_SOCKET)
@@ -32,8 +33,14 @@ static int WSAAPI dflt_closesocket(SOCKET s)
 
 /* The rest forward the real calls: the address of a dllimport function is not a
  * constant initializer, so the table holds these local stand-ins. */
-static int WSAAPI dflt_bind(SOCKET s, const struct sockaddr *a, int n) { return bind(s, a, n); }
-static int WSAAPI dflt_listen(SOCKET s, int n) { return listen(s, n); }
+static int WSAAPI dflt_bind(SOCKET s, const struct sockaddr *a, int n)
+{
+    return bind(s, a, n);
+}
+static int WSAAPI dflt_listen(SOCKET s, int n)
+{
+    return listen(s, n);
+}
 
 static int WSAAPI dflt_setsockopt(SOCKET s, int level, int name, const char *v, int n)
 {
@@ -180,15 +187,29 @@ void shim_ctx_set(uint64_t conn, uint64_t op)
     shim_ctx.op = op;
 }
 
-void shim_ctx_clear(void) { shim_ctx.valid = 0; }
-
-/* The fault to inject into this call at `site`, FAULT_NONE outside a context. */
-static enum fault_kind decide(enum fault_site site, uint64_t *aux)
+void shim_ctx_clear(void)
 {
-    *aux = 0;
-    if (!shim_ctx.valid || !fault_active())
-        return FAULT_NONE;
-    return fault_decide(site, shim_ctx.conn, shim_ctx.op, aux);
+    shim_ctx.valid = 0;
+}
+
+/* Nonzero when the calls of this thread belong to a connection or accept (not to
+ * start-up or teardown) and a plan is active. */
+static int in_context(void)
+{
+    return shim_ctx.valid && fault_active();
+}
+
+/* The Winsock error that realises an EP_E* error of a fault action. */
+static DWORD wsa_code(int ep_error)
+{
+    switch (ep_error) {
+    case EP_EMFILE:
+        return WSAEMFILE;
+    case EP_ENOBUFS:
+        return WSAENOBUFS;
+    default:
+        return WSAECONNRESET;
+    }
 }
 
 /* Fails an overlapped call "on completion": the real call is skipped and a
@@ -207,68 +228,65 @@ static int complete_later(LPOVERLAPPED ov, DWORD wsa)
     return 1;
 }
 
-/* WSARecv under a plan: connreset at once or on completion, zero_read as a receive
- * ended without touching the socket. Only overlapped calls (a receive being posted)
- * are faulted: the backend's follow-up non-blocking read belongs to the same
- * operation, whose fate was decided when it was posted. */
+/* Realises a failing action (or an EOF) on an overlapped call: at once through
+ * WSASetLastError, or as a fabricated completion; ov NULL always fails at once. */
+static void realise_failure(struct fault_action a, LPOVERLAPPED ov)
+{
+    DWORD wsa = a.effect == FAULT_EOF ? WSAEDISCON : wsa_code(a.error);
+    if (a.effect == FAULT_FAIL_NOW || !ov || !complete_later(ov, wsa))
+        WSASetLastError((int)wsa);
+}
+
+/* WSARecv under a plan: a failure at once or on completion, or an EOF as a receive
+ * ended with WSAEDISCON without touching the socket. Only overlapped calls (a receive
+ * being posted) are faulted: the backend's follow-up non-blocking read belongs to the
+ * same operation, whose fate was decided when it was posted. */
 static int WSAAPI fault_WSARecv(SOCKET s, LPWSABUF b, DWORD n, LPDWORD got, LPDWORD flags,
                                 LPWSAOVERLAPPED ov, LPWSAOVERLAPPED_COMPLETION_ROUTINE fn)
 {
     shim_WSARecv_fn real = (shim_WSARecv_fn)below[SHIM_WSARecv];
-    uint64_t aux;
-    enum fault_kind kind = ov ? decide(FAULT_SITE_RECV, &aux) : FAULT_NONE;
-    if (kind == FAULT_CONNRESET) {
-        fault_record(FAULT_SITE_RECV, shim_ctx.conn, shim_ctx.op, kind, WSAECONNRESET);
-        if (!(aux & 1) || !complete_later(ov, WSAECONNRESET))
-            WSASetLastError(WSAECONNRESET);
-        return SOCKET_ERROR;
-    }
-    if (kind == FAULT_ZERO_READ) {
-        fault_record(FAULT_SITE_RECV, shim_ctx.conn, shim_ctx.op, kind, 0);
-        if (!complete_later(ov, WSAEDISCON))
-            WSASetLastError(WSAEDISCON);
-        return SOCKET_ERROR;
+    if (ov && in_context()) {
+        struct fault_action a = fault_recv_action(shim_ctx.conn, shim_ctx.op);
+        if (a.effect != FAULT_PASS) {
+            realise_failure(a, ov);
+            return SOCKET_ERROR;
+        }
     }
     return real(s, b, n, got, flags, ov, fn);
 }
 
-/* WSASend under a plan: connreset at once or on completion; partial_send issues the
- * real send with fewer bytes (1 + aux % (len - 1)), so the completion is short. */
+/* WSASend under a plan: a failure at once or on completion, or the real send with
+ * fewer bytes (the completion is then short). */
 static int WSAAPI fault_WSASend(SOCKET s, LPWSABUF b, DWORD n, LPDWORD sent, DWORD flags,
                                 LPWSAOVERLAPPED ov, LPWSAOVERLAPPED_COMPLETION_ROUTINE fn)
 {
     shim_WSASend_fn real = (shim_WSASend_fn)below[SHIM_WSASend];
-    uint64_t aux;
-    enum fault_kind kind = decide(FAULT_SITE_SEND, &aux);
-    if (kind == FAULT_CONNRESET) {
-        fault_record(FAULT_SITE_SEND, shim_ctx.conn, shim_ctx.op, kind, WSAECONNRESET);
-        if (!ov || !(aux & 1) || !complete_later(ov, WSAECONNRESET))
-            WSASetLastError(WSAECONNRESET);
-        return SOCKET_ERROR;
-    }
-    if (kind == FAULT_PARTIAL_SEND && n == 1 && b[0].len >= 2) {
-        WSABUF shorter = b[0];
-        shorter.len = (ULONG)(1 + aux % (b[0].len - 1));
-        fault_record(FAULT_SITE_SEND, shim_ctx.conn, shim_ctx.op, kind, 0);
-        return real(s, &shorter, 1, sent, flags, ov, fn);
+    if (n == 1 && in_context()) {
+        struct fault_action a = fault_send_action(shim_ctx.conn, shim_ctx.op, b[0].len);
+        if (a.effect == FAULT_SHORTEN) {
+            WSABUF shorter = {(ULONG)a.len, b[0].buf};
+            return real(s, &shorter, 1, sent, flags, ov, fn);
+        }
+        if (a.effect != FAULT_PASS) {
+            realise_failure(a, ov);
+            return SOCKET_ERROR;
+        }
     }
     return real(s, b, n, sent, flags, ov, fn);
 }
 
-/* AcceptEx under a plan: accept_fail at once or on completion, with a reset, out of
- * handles or out of buffers; the accept socket is left to the caller to close. */
+/* AcceptEx under a plan: a failure at once or on completion; the accept socket is
+ * left to the caller to close. */
 static BOOL PASCAL fault_AcceptEx(SOCKET ls, SOCKET as, PVOID buf, DWORD rlen, DWORD llen,
                                   DWORD plen, LPDWORD got, LPOVERLAPPED ov)
 {
-    static const DWORD codes[] = {WSAECONNRESET, WSAEMFILE, WSAENOBUFS};
     shim_AcceptEx_fn real = (shim_AcceptEx_fn)below[SHIM_AcceptEx];
-    uint64_t aux;
-    if (decide(FAULT_SITE_ACCEPT, &aux) == FAULT_ACCEPT_FAIL) {
-        DWORD code = codes[(aux >> 1) % 3];
-        fault_record(FAULT_SITE_ACCEPT, shim_ctx.conn, shim_ctx.op, FAULT_ACCEPT_FAIL, (int)code);
-        if (!ov || !(aux & 1) || !complete_later(ov, code))
-            WSASetLastError((int)code);
-        return FALSE;
+    if (in_context()) {
+        struct fault_action a = fault_accept_action(shim_ctx.op);
+        if (a.effect != FAULT_PASS) {
+            realise_failure(a, ov);
+            return FALSE;
+        }
     }
     return real(ls, as, buf, rlen, llen, plen, got, ov);
 }
@@ -277,12 +295,12 @@ static BOOL PASCAL fault_AcceptEx(SOCKET ls, SOCKET as, PVOID buf, DWORD rlen, D
 static int WSAAPI fault_setsockopt(SOCKET s, int level, int name, const char *v, int n)
 {
     shim_setsockopt_fn real = (shim_setsockopt_fn)below[SHIM_setsockopt];
-    uint64_t aux;
-    if (decide(FAULT_SITE_SETSOCKOPT, &aux) == FAULT_SETSOCKOPT_FAIL) {
-        fault_record(FAULT_SITE_SETSOCKOPT, shim_ctx.conn, shim_ctx.op, FAULT_SETSOCKOPT_FAIL,
-                     WSAENOBUFS);
-        WSASetLastError(WSAENOBUFS);
-        return SOCKET_ERROR;
+    if (in_context()) {
+        struct fault_action a = fault_setsockopt_action(shim_ctx.op);
+        if (a.effect != FAULT_PASS) {
+            WSASetLastError((int)wsa_code(a.error));
+            return SOCKET_ERROR;
+        }
     }
     return real(s, level, name, v, n);
 }

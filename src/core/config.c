@@ -10,10 +10,13 @@
 
 static const char usage[] =
     "usage: echoport [options]\n"
-    "  --listen HOST:PORT     address to serve (default 127.0.0.1:7007; [::1]:0 works; port 0 picks one)\n"
+    "  --listen HOST:PORT     address to serve (default 127.0.0.1:7007; [::1]:0 works; port 0 "
+    "picks one)\n"
     "  --threads N            worker threads (default: one per CPU)\n"
     "  --accepts N            accepts kept posted (default 16)\n"
     "  --buffer-size BYTES    buffer per connection (default 16384)\n"
+    "  --max-buffer-bytes N   bound on all data buffers; beyond it new data waits (default 256 "
+    "MiB)\n"
     "  --max-conns N          refuse connections beyond N (default 0 = unlimited)\n"
     "  --idle-timeout SECONDS close connections idle this long (default 0 = off)\n"
     "  --drain-timeout MS     bound on graceful shutdown (default 3000)\n"
@@ -30,6 +33,7 @@ void config_defaults(struct ep_config *cfg)
     cfg->threads = 0;
     cfg->accepts = 16;
     cfg->buffer_size = 16384;
+    cfg->max_buffer_bytes = (size_t)256 << 20;
     cfg->drain_timeout_ms = 3000;
     cfg->admin_port = -1;
 }
@@ -49,8 +53,8 @@ static int parse_number(const char *text, unsigned long long min, unsigned long 
     return 0;
 }
 
-int config_parse_hostport(const char *text, char *host, size_t hostlen, unsigned *port,
-                          char *err, size_t errlen)
+int config_parse_hostport(const char *text, char *host, size_t hostlen, unsigned *port, char *err,
+                          size_t errlen)
 {
     const char *colon;
     size_t n;
@@ -89,10 +93,10 @@ struct numeric_option {
 };
 
 static const struct numeric_option numeric_options[] = {
-    {"--threads", 1, 256},           {"--accepts", 1, 4096},
-    {"--buffer-size", 1, 1u << 26},  {"--max-conns", 0, 100000000},
-    {"--idle-timeout", 0, 86400},    {"--drain-timeout", 0, 600000},
-    {"--admin-port", 0, 65535},
+    {"--threads", 1, 256},          {"--accepts", 1, 4096},
+    {"--buffer-size", 1, 1u << 26}, {"--max-conns", 0, 100000000},
+    {"--idle-timeout", 0, 86400},   {"--drain-timeout", 0, 600000},
+    {"--admin-port", 0, 65535},     {"--max-buffer-bytes", 65536, 1ull << 40},
 };
 
 /* Stores a validated numeric option's value in cfg. */
@@ -104,6 +108,8 @@ static void store_number(struct ep_config *cfg, const char *name, unsigned long 
         cfg->accepts = (int)v;
     else if (!strcmp(name, "--buffer-size"))
         cfg->buffer_size = (size_t)v;
+    else if (!strcmp(name, "--max-buffer-bytes"))
+        cfg->max_buffer_bytes = (size_t)v;
     else if (!strcmp(name, "--max-conns"))
         cfg->max_conns = (unsigned long)v;
     else if (!strcmp(name, "--idle-timeout"))
@@ -141,8 +147,8 @@ enum config_result config_parse(struct ep_config *cfg, int argc, char **argv,
         for (size_t k = 0; k < EP_ARRAY_LEN(numeric_options); k++)
             if (!strcmp(name, numeric_options[k].name))
                 opt = &numeric_options[k];
-        int is_text = !strcmp(name, "--listen") || !strcmp(name, "--faults") ||
-                      !strcmp(name, "--fault-log");
+        int is_text =
+            !strcmp(name, "--listen") || !strcmp(name, "--faults") || !strcmp(name, "--fault-log");
         if (!opt && !is_text) {
             snprintf(err, errlen, "unknown option '%s' (see --help)", name);
             return CONFIG_ERROR;
@@ -171,11 +177,17 @@ enum config_result config_parse(struct ep_config *cfg, int argc, char **argv,
         }
         unsigned long long v;
         if (parse_number(value, opt->min, opt->max, &v)) {
-            snprintf(err, errlen, "bad value '%s' for %s: expected a whole number from %llu to %llu",
-                     value, name, opt->min, opt->max);
+            snprintf(err, errlen,
+                     "bad value '%s' for %s: expected a whole number from %llu to %llu", value,
+                     name, opt->min, opt->max);
             return CONFIG_ERROR;
         }
         store_number(cfg, name, v);
+    }
+    if (cfg->buffer_size > cfg->max_buffer_bytes) {
+        snprintf(err, errlen, "--buffer-size %zu exceeds --max-buffer-bytes %zu", cfg->buffer_size,
+                 cfg->max_buffer_bytes);
+        return CONFIG_ERROR;
     }
     if (!cfg->faults && env_faults && *env_faults)
         cfg->faults = env_faults;

@@ -11,6 +11,7 @@ struct ep_config {
     int threads;               /* worker threads; 0 on input means one per CPU */
     int accepts;               /* pre-posted accepts (IOCP) */
     size_t buffer_size;        /* bytes per connection buffer */
+    size_t max_buffer_bytes;   /* bound on all data buffers (held, cached, backend pools) */
     unsigned long max_conns;   /* 0 = unlimited */
     unsigned idle_timeout_s;   /* 0 = off */
     unsigned drain_timeout_ms; /* bound on graceful shutdown */
@@ -34,7 +35,7 @@ enum config_result config_parse(struct ep_config *cfg, int argc, char **argv,
                                 const char *env_faults, FILE *out, char *err, size_t errlen);
 
 /* Splits "HOST:PORT", "[V6]:PORT" into host and port; 0 or EP_EINVAL with err set. */
-int config_parse_hostport(const char *text, char *host, size_t hostlen, unsigned *port,
-                          char *err, size_t errlen);
+int config_parse_hostport(const char *text, char *host, size_t hostlen, unsigned *port, char *err,
+                          size_t errlen);
 
 #endif

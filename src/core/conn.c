@@ -9,6 +9,7 @@
 
 #include "alloc.h"
 #include "backend.h"
+#include "core_int.h"
 #include "ep.h"
 #include "server.h"
 #include "stats.h"
@@ -51,8 +52,7 @@ void conn_close_locked(struct conn *c, int reason)
         c->srv->bk->cancel(c);
 }
 
-/* Claims the free once the connection is closing and idle. Lock held. */
-static int claim_free(struct conn *c)
+int conn_claim_free(struct conn *c)
 {
     if (!c->closing || c->pending > 0 || c->freed)
         return 0;
@@ -63,7 +63,7 @@ static int claim_free(struct conn *c)
 /* Drops the lock and frees the connection if this completion was its last. */
 static void unlock_and_maybe_free(struct conn *c)
 {
-    int free_now = claim_free(c);
+    int free_now = conn_claim_free(c);
     ep_mutex_unlock(&c->lock);
     if (free_now)
         srv_conn_free(c);
@@ -88,11 +88,18 @@ void conn_start(struct conn *c)
 
 void *conn_recv_buffer(struct conn *c, size_t *cap)
 {
-    size_t size = c->srv->cfg->buffer_size;
     if (!c->buf)
-        c->buf = srv_buffer_get(c);
-    *cap = c->buf ? size : 0;
+        c->buf = srv_buffer_get(c, &c->cap);
+    *cap = c->buf ? c->cap : 0;
     return c->buf;
+}
+
+void conn_resume(struct conn *c)
+{
+    ep_mutex_lock(&c->lock);
+    c->parked = 0;
+    post_recv(c);
+    ep_mutex_unlock(&c->lock);
 }
 
 void conn_on_recv(struct conn *c, long n)
@@ -102,6 +109,8 @@ void conn_on_recv(struct conn *c, long n)
     touch(c);
     if (c->closing) {
         /* a late completion after our own close: nothing more to do */
+    } else if (n == EP_ENOMEM && c->wants_buffer) {
+        srv_park(c); /* backpressure: the data stays in the socket until budget frees */
     } else if (n < 0) {
         conn_close_locked(c, (int)n);
     } else if (n == 0) {
@@ -133,7 +142,7 @@ void conn_on_sent(struct conn *c, long n)
             conn_close_locked(c, 0); /* drained: the echo in flight is complete */
         else {
             /* everything echoed: an idle connection holds no data buffer */
-            srv_buffer_put(c, c->buf);
+            srv_buffer_put(c, c->buf, c->cap);
             c->buf = NULL;
             c->len = c->off = 0;
             post_recv(c);

@@ -20,24 +20,31 @@ struct worker;
 
 struct conn {
     struct server *srv;
-    struct worker *worker;     /* owner: its list holds us, its tick times us out */
-    struct conn *prev, *next;  /* in worker->conns, under worker->lock */
-    ep_mutex lock;             /* guards everything below */
-    uint64_t id;               /* 1-based accept ordinal; fault decisions key on it */
-    char *buf;                 /* allocated on the first data, not at accept */
-    size_t len;                /* bytes received and not yet echoed */
-    size_t off;                /* bytes of buf already sent */
-    int pending;               /* posted operations not yet completed */
-    int closing;               /* conn_close() was called: post nothing more */
-    int freed;                 /* the free was claimed (by the one who saw pending reach 0) */
-    int close_reason;          /* 0 = graceful (peer EOF, shutdown, idle) or an EP_E* code */
+    struct worker *worker;    /* owner: its list holds us, its tick times us out */
+    struct conn *prev, *next; /* in worker->conns, under worker->lock */
+    ep_mutex lock;            /* guards everything below */
+    uint64_t id;              /* 1-based accept ordinal; fault decisions key on it */
+    char *buf;                /* allocated on the first data, not at accept */
+    size_t cap;               /* bytes of buf: full or small (the budget's reserve) */
+    size_t len;               /* bytes received and not yet echoed */
+    size_t off;               /* bytes of buf already sent */
+    int pending;              /* posted operations not yet completed */
+    int closing;              /* conn_close() was called: post nothing more */
+    int freed;                /* the free was claimed (by the one who saw pending reach 0) */
+    int close_reason;         /* 0 = graceful (peer EOF, shutdown, idle) or an EP_E* code */
+    int wants_buffer;         /* the last conn_recv_buffer() found the budget spent */
+    int parked;               /* on worker->park list: nothing posted, waiting for budget */
+    struct conn *park_prev, *park_next; /* in the parked list, under worker->park_lock */
     int64_t last_active_ms;
-    uint64_t recv_ops, send_ops; /* operations posted so far, per direction */
+    uint64_t recv_ops, send_ops;     /* operations posted so far, per direction */
     _Alignas(16) unsigned char bk[]; /* backend state, bk_ops.conn_size bytes */
 };
 
 /* The backend's per-connection state. */
-static inline void *conn_bk(struct conn *c) { return c->bk; }
+static inline void *conn_bk(struct conn *c)
+{
+    return c->bk;
+}
 
 /* The connection owning backend state `bk`. */
 static inline struct conn *conn_from_bk(void *bk)
@@ -48,8 +55,11 @@ static inline struct conn *conn_from_bk(void *bk)
 /* Posts the first receive of a connection returned by srv_conn_new(). */
 void conn_start(struct conn *c);
 
-/* Writable space for the next receive (allocated on first use), NULL if out of
- * memory. Only valid while a receive is posted. */
+/* Writable space for the next receive (taken on first use), NULL when there is none:
+ * the backend then completes the receive with EP_ENOMEM without taking any data
+ * from the socket, and the core decides - it parks the connection when the buffer
+ * budget (--max-buffer-bytes) is spent and posts the receive again once budget is
+ * free, or closes it when allocation failed. Only valid while a receive is posted. */
 void *conn_recv_buffer(struct conn *c, size_t *cap);
 
 /* Completion of a receive: n > 0 bytes were placed in conn_recv_buffer(),

@@ -1,13 +1,29 @@
 /* server.c - workers, the connection registry, ticks and graceful shutdown. */
 #include "server.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "alloc.h"
 #include "backend.h"
+#include "core_int.h"
 #include "ep.h"
 #include "stats.h"
+
+/* The small buffer a connection gets from the budget's reserve once full-size buffers
+ * are spent, so that a few clients that never read cannot starve the others. */
+#define SMALL_BUF 4096
+#define RESERVE_SHARE 8 /* the reserve, and the workers' caches, are 1/8 of the budget */
+#define RESUME_MAX 256  /* parked receives re-posted per tick, so a tick stays short */
+
+/* Idle buffers worker caches may hold, each: bounded so the budget stays usable. */
+static int cache_cap(const struct ep_config *cfg, int nworkers)
+{
+    size_t per_worker = cfg->max_buffer_bytes / RESERVE_SHARE / (size_t)nworkers;
+    size_t n = per_worker / cfg->buffer_size;
+    return n > WORKER_BUF_CACHE ? WORKER_BUF_CACHE : (int)n;
+}
 
 int srv_init(struct server *s, const struct ep_config *cfg, const struct bk_ops *bk)
 {
@@ -21,8 +37,10 @@ int srv_init(struct server *s, const struct ep_config *cfg, const struct bk_ops 
     for (int i = 0; i < s->nworkers; i++) {
         s->workers[i].srv = s;
         s->workers[i].index = i;
+        s->workers[i].cache_cap = cache_cap(cfg, s->nworkers);
         ep_mutex_init(&s->workers[i].lock);
         ep_mutex_init(&s->workers[i].cache_lock);
+        ep_mutex_init(&s->workers[i].park_lock);
     }
     return 0;
 }
@@ -33,6 +51,7 @@ void srv_destroy(struct server *s)
         struct worker *w = &s->workers[i];
         while (w->nbuf_cache > 0)
             free(w->buf_cache[--w->nbuf_cache]);
+        ep_mutex_destroy(&w->park_lock);
         ep_mutex_destroy(&w->cache_lock);
         ep_mutex_destroy(&w->lock);
     }
@@ -96,7 +115,7 @@ void srv_conn_free(struct conn *c)
     atomic_fetch_sub(&c->srv->live_conns, 1);
     ep_mutex_destroy(&c->lock);
     if (c->buf)
-        srv_buffer_put(c, c->buf);
+        srv_buffer_put(c, c->buf, c->cap);
     free(c);
     stats_add(ctx_free, 1);
     stats_add(closed, 1);
@@ -129,26 +148,107 @@ static int tick_should_close(const struct conn *c, int64_t now, int stopping, in
     return idle_ms > 0 && now - c->last_active_ms >= idle_ms;
 }
 
+/* Takes c off its worker's parked list. */
+static void unpark(struct worker *w, struct conn *c)
+{
+    ep_mutex_lock(&w->park_lock);
+    if (c->park_prev)
+        c->park_prev->park_next = c->park_next;
+    else
+        w->park_head = c->park_next;
+    if (c->park_next)
+        c->park_next->park_prev = c->park_prev;
+    else
+        w->park_tail = c->park_prev;
+    c->park_prev = c->park_next = NULL;
+    ep_mutex_unlock(&w->park_lock);
+    atomic_fetch_sub(&w->srv->parked, 1);
+}
+
+void srv_park(struct conn *c)
+{
+    struct worker *w = c->worker;
+    c->parked = 1;
+    c->wants_buffer = 0;
+    atomic_fetch_add(&c->srv->parked, 1);
+    ep_mutex_lock(&w->park_lock);
+    c->park_next = NULL;
+    c->park_prev = w->park_tail;
+    if (w->park_tail)
+        w->park_tail->park_next = c;
+    else
+        w->park_head = c;
+    w->park_tail = c;
+    ep_mutex_unlock(&w->park_lock);
+}
+
+/* Nonzero while a buffer of some size can be had on worker w. */
+static int budget_left(struct server *s, struct worker *w)
+{
+    size_t small = s->cfg->buffer_size < SMALL_BUF ? s->cfg->buffer_size : SMALL_BUF;
+    if (atomic_load(&s->buffer_bytes) + small <= s->cfg->max_buffer_bytes)
+        return 1;
+    ep_mutex_lock(&w->cache_lock);
+    int cached = w->nbuf_cache > 0;
+    ep_mutex_unlock(&w->cache_lock);
+    return cached;
+}
+
+/* Re-posts the receives of parked connections, oldest first, while budget is free.
+ * Only this worker's thread frees its parked connections (in srv_tick), so a
+ * connection taken off the list is still there when it is resumed. */
+static void resume_parked(struct server *s, struct worker *w)
+{
+    atomic_store(&s->resume_wake, 0);
+    for (int i = 0; i < RESUME_MAX && budget_left(s, w); i++) {
+        ep_mutex_lock(&w->park_lock);
+        struct conn *c = w->park_head;
+        ep_mutex_unlock(&w->park_lock);
+        if (!c)
+            break;
+        unpark(w, c);
+        conn_resume(c);
+    }
+}
+
 void srv_tick(struct server *s, int worker)
 {
     struct worker *w = &s->workers[worker];
     int stopping = srv_stopping(s);
     int64_t idle_ms = (int64_t)s->cfg->idle_timeout_s * 1000;
+    struct conn *to_free = NULL;
     if (stopping && !w->stop_seen) {
         w->stop_seen = 1;
         s->bk->stop_accepting(s, worker);
     }
+    if (!stopping && atomic_load(&s->parked) > 0)
+        resume_parked(s, w);
     if (!stopping && idle_ms == 0)
         return;
     int64_t now = ep_now_ms(), deadline = atomic_load(&s->stop_deadline_ms);
     ep_mutex_lock(&w->lock);
     for (struct conn *c = w->conns; c; c = c->next) {
         ep_mutex_lock(&c->lock);
-        if (tick_should_close(c, now, stopping, deadline, idle_ms))
+        if (tick_should_close(c, now, stopping, deadline, idle_ms)) {
             conn_close_locked(c, stopping ? 0 : EP_ETIMEDOUT);
+            if (c->parked) {
+                /* nothing is posted on a parked connection: it is freed here */
+                unpark(w, c);
+                c->parked = 0;
+                if (conn_claim_free(c)) {
+                    c->park_next = to_free;
+                    to_free = c;
+                }
+            }
+        }
         ep_mutex_unlock(&c->lock);
     }
     ep_mutex_unlock(&w->lock);
+    while (to_free) {
+        struct conn *c = to_free;
+        to_free = c->park_next;
+        srv_conn_free(c);
+    }
 }
 
 int srv_worker_done(struct server *s, int worker)
@@ -162,27 +262,125 @@ int srv_worker_done(struct server *s, int worker)
     return n == 0;
 }
 
-void *srv_buffer_get(struct conn *c)
+/* Adds n to the budget's count if that keeps it within limit; 1 if it did. */
+static int budget_take(struct server *s, size_t n, size_t limit)
 {
-    struct worker *w = c->worker;
+    size_t cur = atomic_load(&s->buffer_bytes);
+    do {
+        if (cur + n > limit)
+            return 0;
+    } while (!atomic_compare_exchange_weak(&s->buffer_bytes, &cur, cur + n));
+    return 1;
+}
+
+/* A full-size buffer from w's cache, or NULL. */
+static void *cache_take(struct worker *w)
+{
     void *buf = NULL;
-    if (!ep_alloc_allowed(c->id, c->recv_ops))
-        return NULL;
     ep_mutex_lock(&w->cache_lock);
     if (w->nbuf_cache > 0)
         buf = w->buf_cache[--w->nbuf_cache];
     ep_mutex_unlock(&w->cache_lock);
-    return buf ? buf : malloc(c->srv->cfg->buffer_size);
+    return buf;
 }
 
-void srv_buffer_put(struct conn *c, void *buf)
+void *srv_buffer_get(struct conn *c, size_t *cap)
+{
+    struct server *s = c->srv;
+    size_t size = s->cfg->buffer_size, max = s->cfg->max_buffer_bytes;
+    size_t small = size < SMALL_BUF ? size : SMALL_BUF;
+    c->wants_buffer = 0;
+    if (!ep_alloc_allowed(c->id, c->recv_ops))
+        return NULL;
+    void *buf = cache_take(c->worker);
+    if (buf) {
+        *cap = size;
+        return buf;
+    }
+    if (budget_take(s, size, max - max / RESERVE_SHARE))
+        *cap = size;
+    else if (small < size && budget_take(s, small, max))
+        *cap = small;
+    else {
+        c->wants_buffer = 1;
+        return NULL;
+    }
+    buf = malloc(*cap);
+    if (!buf)
+        atomic_fetch_sub(&s->buffer_bytes, *cap);
+    return buf;
+}
+
+void srv_buffer_put(struct conn *c, void *buf, size_t cap)
 {
     struct worker *w = c->worker;
-    ep_mutex_lock(&w->cache_lock);
-    if (w->nbuf_cache < WORKER_BUF_CACHE) {
-        w->buf_cache[w->nbuf_cache++] = buf;
-        buf = NULL;
+    struct server *s = c->srv;
+    if (cap == s->cfg->buffer_size) {
+        ep_mutex_lock(&w->cache_lock);
+        if (w->nbuf_cache < w->cache_cap) {
+            w->buf_cache[w->nbuf_cache++] = buf;
+            buf = NULL;
+        }
+        ep_mutex_unlock(&w->cache_lock);
     }
-    ep_mutex_unlock(&w->cache_lock);
-    free(buf);
+    if (buf) {
+        free(buf);
+        atomic_fetch_sub(&s->buffer_bytes, cap);
+    }
+    if (atomic_load(&s->parked) > 0 && !atomic_exchange(&s->resume_wake, 1) && s->bk->wake)
+        s->bk->wake(s);
+}
+
+int64_t srv_accept_retry_ms(unsigned failures)
+{
+    if (failures <= 1)
+        return 0;
+    unsigned shift = failures - 2; /* the 2nd failure waits 1 ms */
+    return shift >= 10 ? 1000 : (int64_t)1 << shift;
+}
+
+size_t srv_pool_reserve(struct server *s, size_t want)
+{
+    size_t share = s->cfg->max_buffer_bytes / RESERVE_SHARE / (size_t)s->nworkers;
+    size_t n = want < share ? want : share;
+    atomic_fetch_add(&s->buffer_bytes, n);
+    return n;
+}
+
+/* What one thread of srv_run runs. */
+struct run_arg {
+    struct server *s;
+    int worker;
+};
+
+/* A worker thread's body. */
+static void run_one(void *p)
+{
+    struct run_arg *a = p;
+    a->s->bk->run_worker(a->s, a->worker);
+}
+
+void srv_run(struct server *s)
+{
+    int n = s->nworkers;
+    struct run_arg *args = calloc((size_t)n, sizeof(*args));
+    ep_thread *threads = calloc((size_t)n, sizeof(*threads));
+    unsigned char *started = calloc((size_t)n, 1);
+    for (int i = 1; i < n && args && threads && started; i++) {
+        args[i].s = s;
+        args[i].worker = i;
+        started[i] = ep_thread_start(&threads[i], run_one, &args[i]) == 0;
+        if (!started[i])
+            fprintf(stderr, "echoport: cannot start worker %d: it runs after worker 0\n", i);
+    }
+    s->bk->run_worker(s, 0);
+    for (int i = 1; i < n; i++) {
+        if (started && started[i])
+            ep_thread_join(threads[i]);
+        else
+            s->bk->run_worker(s, i); /* drains what it owns (nothing new: stopping) */
+    }
+    free(args);
+    free(threads);
+    free(started);
 }

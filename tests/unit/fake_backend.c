@@ -66,9 +66,18 @@ static void fake_wake(struct server *srv)
     container_of(srv, struct fake, srv)->wakes++;
 }
 
+/* Counts the call: srv_run's threads are the test's subject, not a loop. */
+static void fake_run_worker(struct server *srv, int worker)
+{
+    struct fake *f = container_of(srv, struct fake, srv);
+    if (worker >= 0 && worker < (int)EP_ARRAY_LEN(f->worker_runs))
+        atomic_fetch_add(&f->worker_runs[worker], 1);
+}
+
 const struct bk_ops bk_fake = {
     .name = "fake",
     .conn_size = sizeof(struct fake_sock *),
+    .run_worker = fake_run_worker,
     .recv = fake_recv,
     .send = fake_send,
     .cancel = fake_cancel,

@@ -5,6 +5,7 @@
 #ifndef EP_FAKE_BACKEND_H
 #define EP_FAKE_BACKEND_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -17,22 +18,22 @@
 enum fake_op { FAKE_OP_NONE, FAKE_OP_RECV, FAKE_OP_SEND };
 
 struct fake_sock {
-    struct conn *conn;          /* NULL once the core freed the context */
+    struct conn *conn; /* NULL once the core freed the context */
     uint64_t id;
-    int closes;                 /* times the socket was closed: must end at exactly 1 */
+    int closes; /* times the socket was closed: must end at exactly 1 */
     int cancels;
-    enum fake_op op;            /* the operation posted, if any */
+    enum fake_op op; /* the operation posted, if any */
     const char *send_buf;
     size_t send_len;
-    int has_forced;             /* a fault decided this op's result at post time */
+    int has_forced; /* a fault decided this op's result at post time */
     long forced;
-    unsigned char *in;          /* what the client sent */
+    unsigned char *in; /* what the client sent */
     size_t in_len, in_off;
-    int client_eof;             /* the client shut down its sending side */
-    unsigned char *echoed;      /* what the server sent back */
+    int client_eof;        /* the client shut down its sending side */
+    unsigned char *echoed; /* what the server sent back */
     size_t echoed_len;
-    size_t recv_chunk;          /* bytes delivered per receive, 0 = as much as fits */
-    size_t send_limit;          /* a send completes with at most this many bytes, 0 = all */
+    size_t recv_chunk; /* bytes delivered per receive, 0 = as much as fits */
+    size_t send_limit; /* a send completes with at most this many bytes, 0 = all */
 };
 
 struct fake {
@@ -40,9 +41,10 @@ struct fake {
     struct server srv;
     struct fake_sock socks[FAKE_MAX_SOCKS];
     int nsocks;
-    int accepts;                /* accept ordinal: fault decisions key on it */
+    int accepts; /* accept ordinal: fault decisions key on it */
     int stop_accepting_calls;
     int wakes;
+    atomic_int worker_runs[8]; /* bk run_worker calls per worker index */
 };
 
 extern const struct bk_ops bk_fake;

@@ -45,10 +45,11 @@ Test(config, defaults_listen_on_loopback_7007_with_16_accepts_and_16k_buffers)
 
 Test(config, accepts_every_option_in_both_spellings)
 {
-    const char *args[] = {"--listen", "[::1]:0", "--threads=3", "--accepts", "4",
-                          "--buffer-size=4096", "--max-conns", "10", "--idle-timeout", "5",
-                          "--admin-port=0", "--faults", "seed=1", "--fault-log", "f.log",
-                          "--drain-timeout", "250", NULL};
+    const char *args[] = {
+        "--listen",           "[::1]:0",     "--threads=3", "--accepts",      "4",
+        "--buffer-size=4096", "--max-conns", "10",          "--idle-timeout", "5",
+        "--admin-port=0",     "--faults",    "seed=1",      "--fault-log",    "f.log",
+        "--drain-timeout",    "250",         NULL};
     cr_assert_eq(parse(NULL, args), CONFIG_RUN, "%s", err);
     cr_expect_str_eq(cfg.listen_host, "::1");
     cr_expect_eq(cfg.listen_port, 0);
@@ -118,4 +119,28 @@ ParameterizedTest(struct bad_case *c, config, rejects_bad_input_with_a_message_n
     cr_expect(strstr(err, c->message_part) != NULL, "message '%s' lacks '%s'", err,
               c->message_part);
     cr_expect(strchr(err, '\n') == NULL, "the message is one line");
+}
+
+Test(config, max_buffer_bytes_defaults_to_256_mib_and_is_settable)
+{
+    const char *none[] = {NULL};
+    cr_assert_eq(parse(NULL, none), CONFIG_RUN);
+    cr_expect_eq(cfg.max_buffer_bytes, (size_t)256 << 20);
+    const char *args[] = {"--max-buffer-bytes", "33554432", NULL};
+    cr_assert_eq(parse(NULL, args), CONFIG_RUN, "%s", err);
+    cr_expect_eq(cfg.max_buffer_bytes, (size_t)32 << 20);
+}
+
+Test(config, rejects_a_buffer_size_above_the_buffer_budget)
+{
+    const char *args[] = {"--buffer-size", "1048576", "--max-buffer-bytes", "65536", NULL};
+    cr_assert_eq(parse(NULL, args), CONFIG_ERROR);
+    cr_expect_str_eq(err, "--buffer-size 1048576 exceeds --max-buffer-bytes 65536");
+}
+
+Test(config, rejects_a_buffer_budget_below_64_kib)
+{
+    const char *args[] = {"--max-buffer-bytes", "4096", NULL};
+    cr_assert_eq(parse(NULL, args), CONFIG_ERROR);
+    cr_expect(strstr(err, "--max-buffer-bytes") != NULL, "%s", err);
 }

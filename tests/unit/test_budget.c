@@ -1,0 +1,175 @@
+/* test_budget.c - the global buffer budget (--max-buffer-bytes): full buffers while it
+ * lasts, small ones from its reserve, then backpressure - a receive waits, parked,
+ * with its data left in the socket, until a buffer comes back - and the parked
+ * connections still close on idle timeout and shutdown. Also the core's policies the
+ * backends share: accept retry delays, pool reservations, srv_run's threads. */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/ep.h"
+#include "core/stats.h"
+#include "fake_backend.h"
+
+static struct fake f;
+
+/* 8 KiB buffers, a 16 KiB budget: one full buffer (the full tier ends at 14 KiB),
+ * then two 4 KiB ones from the reserve, then nothing. */
+static void setup(void)
+{
+    fake_init(&f);
+    f.cfg.buffer_size = 8192;
+    f.cfg.max_buffer_bytes = 16384;
+    fake_start(&f);
+}
+
+static void teardown(void)
+{
+    ep_alloc_fail = NULL;
+    fake_destroy(&f);
+}
+
+TestSuite(budget, .init = setup, .fini = teardown);
+
+/* A connection that sent `msg` and whose echo is posted but not completed (its client
+ * does not read), holding a buffer. */
+static struct fake_sock *hog(const char *msg)
+{
+    struct fake_sock *s = fake_accept(&f);
+    fake_client_send(s, msg, strlen(msg));
+    cr_assert(fake_step(s), "the receive completes");
+    cr_assert_eq(s->op, FAKE_OP_SEND, "the echo is posted");
+    return s;
+}
+
+Test(budget, full_buffers_then_small_ones_then_none)
+{
+    struct fake_sock *a = hog("aaaa"), *b = hog("bbbb"), *c = hog("cccc");
+    cr_expect_eq(a->conn->cap, 8192);
+    cr_expect_eq(b->conn->cap, 4096, "past the full tier: a reserve buffer");
+    cr_expect_eq(c->conn->cap, 4096);
+    cr_expect_eq(atomic_load(&f.srv.buffer_bytes), 16384);
+    struct fake_sock *d = fake_accept(&f);
+    fake_client_send(d, "dddd", 4);
+    cr_assert(fake_step(d));
+    cr_expect_eq(d->op, FAKE_OP_NONE, "nothing is posted while it waits");
+    cr_expect(d->conn->parked);
+    cr_expect_eq(d->in_off, 0, "its data stays in the socket");
+    cr_expect_eq(atomic_load(&f.srv.buffer_bytes), 16384, "the bound holds");
+    cr_expect_eq(d->cancels, 0, "waiting is not closing");
+}
+
+Test(budget, a_parked_receive_resumes_when_a_buffer_comes_back)
+{
+    struct fake_sock *a = hog("aaaa");
+    hog("bbbb");
+    hog("cccc");
+    struct fake_sock *d = fake_accept(&f);
+    fake_client_send(d, "dddd", 4);
+    cr_assert(fake_step(d));
+    cr_assert(d->conn->parked);
+    int wakes = f.wakes;
+    cr_assert(fake_step(a), "a's echo completes; its buffer goes back");
+    cr_expect_eq(f.wakes, wakes + 1, "the workers are woken for the parked receive");
+    fake_tick(&f);
+    cr_expect(!d->conn->parked);
+    cr_expect_eq(d->op, FAKE_OP_RECV, "the receive is posted again");
+    cr_assert(fake_step(d) && fake_step(d));
+    cr_expect_eq(d->echoed_len, 4);
+    cr_expect_eq(memcmp(d->echoed, "dddd", 4), 0);
+}
+
+Test(budget, a_small_buffer_echoes_a_large_message_whole_and_in_order)
+{
+    hog("aaaa");
+    struct fake_sock *b = fake_accept(&f);
+    static unsigned char msg[20000];
+    for (size_t i = 0; i < sizeof(msg); i++)
+        msg[i] = (unsigned char)(i * 7 + i / 251);
+    fake_client_send(b, msg, sizeof(msg));
+    for (int i = 0; i < 64 && b->echoed_len < sizeof(msg); i++)
+        fake_step(b);
+    cr_expect_eq(b->conn->cap, 4096);
+    cr_assert_eq(b->echoed_len, sizeof(msg));
+    cr_expect_eq(memcmp(b->echoed, msg, sizeof(msg)), 0);
+}
+
+Test(budget, parked_connections_close_on_idle_timeout_and_are_freed)
+{
+    f.cfg.idle_timeout_s = 1;
+    hog("aaaa");
+    hog("bbbb");
+    hog("cccc");
+    struct fake_sock *d = fake_accept(&f);
+    fake_client_send(d, "dddd", 4);
+    cr_assert(fake_step(d));
+    cr_assert(d->conn->parked);
+    d->conn->last_active_ms -= 1500;
+    fake_tick(&f);
+    cr_expect_null(d->conn, "freed by the tick: nothing was posted to complete");
+    cr_expect_eq(d->closes, 1);
+    cr_expect_eq(atomic_load(&f.srv.parked), 0);
+}
+
+Test(budget, shutdown_frees_parked_connections)
+{
+    struct fake_sock *s[3] = {hog("aaaa"), hog("bbbb"), hog("cccc")};
+    struct fake_sock *d = fake_accept(&f), *e = fake_accept(&f);
+    fake_client_send(d, "dddd", 4);
+    fake_client_send(e, "eeee", 4);
+    cr_assert(fake_step(d) && fake_step(e));
+    cr_assert(d->conn->parked && e->conn->parked);
+    srv_request_stop(&f.srv);
+    fake_tick(&f);
+    cr_expect_null(d->conn);
+    cr_expect_null(e->conn);
+    fake_run(&f, 20); /* the hogs' echoes finish and they close */
+    for (int i = 0; i < 3; i++)
+        cr_expect_eq(s[i]->echoed_len, 4);
+    cr_expect(srv_worker_done(&f.srv, 0));
+    cr_expect_null(fake_check_cleanup(&f), "%s", fake_check_cleanup(&f));
+    cr_expect_eq(atomic_load(&f.srv.buffer_bytes), 0, "every buffer went back to the budget");
+}
+
+Test(budget, allocation_failure_closes_instead_of_parking)
+{
+    struct fake_sock *a = fake_accept(&f);
+    ep_alloc_fail = fake_alloc_fails;
+    fake_client_send(a, "aaaa", 4);
+    cr_assert(fake_step(a));
+    ep_alloc_fail = NULL;
+    cr_expect_null(a->conn, "closed and freed: no buffer will come by waiting");
+    cr_expect_null(fake_check_cleanup(&f), "%s", fake_check_cleanup(&f));
+}
+
+Test(budget, pool_reservations_take_at_most_an_eighth_shared_by_the_workers)
+{
+    cr_expect_eq(srv_pool_reserve(&f.srv, 1u << 20), 16384 / 8);
+    cr_expect_eq(srv_pool_reserve(&f.srv, 100), 100);
+    cr_expect_eq(atomic_load(&f.srv.buffer_bytes), 16384 / 8 + 100, "counted in the budget");
+}
+
+TestSuite(policy, .init = setup, .fini = teardown);
+
+Test(policy, accept_retry_is_immediate_once_then_doubles_from_1ms_to_1s)
+{
+    cr_expect_eq(srv_accept_retry_ms(1), 0);
+    cr_expect_eq(srv_accept_retry_ms(2), 1);
+    cr_expect_eq(srv_accept_retry_ms(3), 2);
+    cr_expect_eq(srv_accept_retry_ms(11), 512);
+    cr_expect_eq(srv_accept_retry_ms(12), 1000);
+    cr_expect_eq(srv_accept_retry_ms(1000), 1000);
+}
+
+Test(policy, srv_run_runs_every_worker_exactly_once)
+{
+    struct fake g;
+    fake_init(&g);
+    g.cfg.threads = 4;
+    fake_start(&g);
+    srv_run(&g.srv);
+    for (int i = 0; i < 4; i++)
+        cr_expect_eq(atomic_load(&g.worker_runs[i]), 1, "worker %d", i);
+    cr_expect_eq(atomic_load(&g.worker_runs[4]), 0);
+    fake_destroy(&g);
+}
