@@ -170,6 +170,7 @@ void srv_park(struct conn *c)
     struct worker *w = c->worker;
     c->parked = 1;
     c->wants_buffer = 0;
+    stats_add(buffer_waits, 1);
     atomic_fetch_add(&c->srv->parked, 1);
     ep_mutex_lock(&w->park_lock);
     c->park_next = NULL;

@@ -13,6 +13,7 @@ struct ep_stats {
     atomic_uint_least64_t accept_errors;  /* accept operations that failed and were re-posted */
     atomic_uint_least64_t recv_fallbacks; /* receives that found the provided-buffer ring empty
                                              and fell back to a plain receive (0 on IOCP) */
+    atomic_uint_least64_t buffer_waits;   /* receives parked because the buffer budget was spent */
     atomic_uint_least64_t bytes_in;
     atomic_uint_least64_t bytes_out;
     atomic_uint_least64_t sockets_opened; /* every socket the server created, listeners included */

@@ -57,6 +57,7 @@ Test(budget, full_buffers_then_small_ones_then_none)
     cr_expect_eq(d->in_off, 0, "its data stays in the socket");
     cr_expect_eq(atomic_load(&f.srv.buffer_bytes), 16384, "the bound holds");
     cr_expect_eq(d->cancels, 0, "waiting is not closing");
+    cr_expect_eq(stats_get(buffer_waits), 1);
 }
 
 Test(budget, a_parked_receive_resumes_when_a_buffer_comes_back)
