@@ -7,9 +7,10 @@
 #include <stdint.h>
 
 struct ep_stats {
-    atomic_uint_least64_t accepted;       /* connections handed to the core */
-    atomic_uint_least64_t closed;         /* connections freed by the core */
-    atomic_uint_least64_t refused;        /* accepted sockets closed at once (max-conns, no memory, stopping) */
+    atomic_uint_least64_t accepted; /* connections handed to the core */
+    atomic_uint_least64_t closed;   /* connections freed by the core */
+    atomic_uint_least64_t
+        refused; /* accepted sockets closed at once (max-conns, no memory, stopping) */
     atomic_uint_least64_t accept_errors;  /* accept operations that failed and were re-posted */
     atomic_uint_least64_t recv_fallbacks; /* receives that found the provided-buffer ring empty
                                              and fell back to a plain receive (0 on IOCP) */
@@ -18,9 +19,9 @@ struct ep_stats {
     atomic_uint_least64_t bytes_out;
     atomic_uint_least64_t sockets_opened; /* every socket the server created, listeners included */
     atomic_uint_least64_t sockets_closed;
-    atomic_uint_least64_t ctx_alloc;      /* connection contexts */
+    atomic_uint_least64_t ctx_alloc; /* connection contexts */
     atomic_uint_least64_t ctx_free;
-    atomic_uint_least64_t faults;         /* injected faults, all kinds */
+    atomic_uint_least64_t faults; /* injected faults, all kinds */
 };
 
 extern struct ep_stats ep_stats;
