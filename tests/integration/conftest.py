@@ -211,7 +211,7 @@ def pytest_sessionfinish(session, exitstatus):
 # --------------------------------------------------------------------------- servers
 
 class ServerFactory:
-    """server(*args, threads=, listen=, faults=, env=) -> a started Server.
+    """server(*args, threads=, listen=, faults=, env=, launcher=) -> a started Server.
     Every server gets --listen 127.0.0.1:0 --admin-port 0 unless told otherwise.
     In conformance mode a bare server() is the --target; anything more skips."""
 
@@ -221,9 +221,9 @@ class ServerFactory:
         self.target = target
 
     def __call__(self, *args, listen="127.0.0.1:0", threads=None, faults=None, env=None,
-                 fault_log=None, start_timeout=None):
+                 fault_log=None, start_timeout=None, launcher=()):
         if self.target:
-            if args or faults or env or threads or listen != "127.0.0.1:0":
+            if args or faults or env or threads or launcher or listen != "127.0.0.1:0":
                 pytest.skip("conformance mode: this case needs echoport's own options")
             t = Target(self.target)
             echolib.started.append(t)
@@ -237,7 +237,7 @@ class ServerFactory:
         if fault_log:
             argv += ["--fault-log", fault_log]
         argv += list(args)
-        return Server(self.build, argv, env, start_timeout)
+        return Server(self.build, argv, env, start_timeout, launcher)
 
 
 @pytest.fixture

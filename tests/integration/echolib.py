@@ -101,9 +101,9 @@ def rel(path):
         return str(path)
 
 
-def command_line(build, args, env_extra=None, client=False):
+def command_line(build, args, env_extra=None, client=False, launcher=()):
     """The shell command that runs build's server (or client) with args, from ROOT."""
-    argv = build.argv(client)
+    argv = list(launcher) + build.argv(client)
     argv = argv[:-1] + [rel(argv[-1])]
     return " ".join(build.display_env(env_extra) + [shlex.join(argv + [str(a) for a in args])])
 
@@ -182,18 +182,19 @@ class Server:
 
     has_stats = True
 
-    def __init__(self, build, args, env_extra=None, start_timeout=None):
+    def __init__(self, build, args, env_extra=None, start_timeout=None, launcher=()):
+        """launcher: a command that execs the server (e.g. prlimit --nofile=64:64)."""
         build.require()
         self.build = build
         self.args = [str(a) for a in args]
         self.env_extra = dict(env_extra or {})
-        self.cmdline = command_line(build, self.args, self.env_extra)
+        self.cmdline = command_line(build, self.args, self.env_extra, launcher=launcher)
         self.final = None
         self.final_line = None
         self.returncode = None
         self.host = self.port = self.admin_port = None
         self.proc = subprocess.Popen(
-            build.argv() + self.args, cwd=ROOT, env=build.env(self.env_extra),
+            list(launcher) + build.argv() + self.args, cwd=ROOT, env=build.env(self.env_extra),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, preexec_fn=_die_with_parent)
         self.pid = self.proc.pid
@@ -750,3 +751,56 @@ def only_builds(*names):
         fn.ep_builds = names
         return fn
     return deco
+
+
+# --------------------------------------------------------------------------- process probes
+
+def cpu_seconds(pid):
+    """The CPU time (utime + stime, /proc/PID/stat) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid):
+    """A process's resident set size (VmRSS of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * KiB
+    raise EchoportError(f"no VmRSS in /proc/{pid}/status")
+
+
+def wait_eof_all(socks, timeout):
+    """Waits on every socket at once for EOF or a reset, reading and keeping what
+    arrives; returns [(bytes read, 'eof'|'reset'|'timeout', time.monotonic() then)]."""
+    sel = selectors.DefaultSelector()
+    deadline = time.monotonic() + timeout
+    got = [bytearray() for _ in socks]
+    result = [None] * len(socks)
+    for i, s in enumerate(socks):
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, i)
+    try:
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for key, _ in sel.select(min(left, 0.25)):
+                i = key.data
+                try:
+                    chunk = socks[i].recv(65536)
+                except BlockingIOError:
+                    continue
+                except (ConnectionResetError, ConnectionAbortedError):
+                    chunk, how = None, "reset"
+                else:
+                    how = "eof"
+                if chunk:
+                    got[i] += chunk
+                    continue
+                result[i] = (bytes(got[i]), how, time.monotonic())
+                sel.unregister(socks[i])
+    finally:
+        sel.close()
+    return [r or (bytes(got[i]), "timeout", deadline) for i, r in enumerate(result)]

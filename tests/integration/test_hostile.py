@@ -1,0 +1,332 @@
+"""Hostile clients (issue 11): descriptor exhaustion, --max-conns and --idle-timeout
+with many clients, clients that never read against the global buffer budget, a huge
+--buffer-size with many threads, and a storm of silent connections. Each case is
+bounded (well under 20 s per build) and ends with the clean-shutdown equalities."""
+
+import errno
+import os
+import selectors
+import socket
+import threading
+import time
+
+import psutil
+
+from echolib import (KiB, MiB, Session, assert_clean, check_echo, connect, cpu_seconds, exchange,
+                     mix_seed, payload, rss_bytes, run_sessions, wait_eof_all, wait_until,
+                     wineserver_pid)
+from test_leaks import WINE_FD_SLACK, quiescent
+from test_lifecycle import exchange_on
+
+FD_LIMIT = 64  # RLIMIT_NOFILE of the server process (prlimit --nofile=64:64)
+# Under Wine the sockets are descriptors of the prefix's wineserver, not of the wine
+# process (which starts and runs fine at 64 and holds ~20 descriptors throughout), so
+# the wineserver is what must run out: its soft limit is lowered, for this test only, to
+# the descriptors it holds plus this many (about what a Linux server has free at 64).
+WINE_FD_HEADROOM = 48
+SPIN_WINDOW = 3.0  # seconds over which the CPU time is measured (the window, not a wait)
+MAX_CPU_SHARE = 0.05
+
+
+def fd_holder(srv, build):
+    """The process whose descriptors are the server's sockets (Wine: the wineserver)."""
+    if not build.wine:
+        return psutil.Process(srv.pid)
+    pid = wineserver_pid()
+    assert pid, "cannot find the Wine prefix's wineserver process"
+    return psutil.Process(pid)
+
+
+def highest_fd(proc):
+    """proc's highest open descriptor: at the limit when it is RLIMIT_NOFILE - 1 (the
+    count may stay lower: a descriptor the process frees and takes back leaves a hole)."""
+    return max(int(fd) for fd in os.listdir(f"/proc/{proc.pid}/fd"))
+
+
+def cpu_share(pids, window):
+    """The share of one CPU the processes used over the next `window` seconds."""
+    before = sum(cpu_seconds(p) for p in pids)
+    threading.Event().wait(window)  # the measurement window itself
+    return (sum(cpu_seconds(p) for p in pids) - before) / window
+
+
+def open_nonblocking(addr, n, rcvbuf=None):
+    """n sockets connecting to addr without waiting (some may stay in the backlog)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.setblocking(False)
+        rc = s.connect_ex(addr)
+        assert rc in (0, errno.EINPROGRESS, errno.EWOULDBLOCK), f"connect: {errno.errorcode[rc]}"
+        socks.append(s)
+    return socks
+
+
+def timed_echo(addr, data, timeout):
+    """(seconds taken, echo) for one fresh client."""
+    t0 = time.monotonic()
+    got = exchange(addr, data, timeout)
+    return time.monotonic() - t0, got
+
+
+def settle(srv, build, held0=None):
+    """Waits until no connection is left (and, given held0, the socket books are back
+    at that baseline); returns the stats then."""
+    if held0 is None:
+        return wait_until(lambda: (lambda st: st if st["active"] == 0 else None)(srv.stats()),
+                          10 * build.slowness, "active == 0")
+    return wait_until(lambda: quiescent(srv, held0), 20 * build.slowness,
+                      f"active == 0 and sockets_opened - sockets_closed == {held0}")
+
+
+def test_fd_exhaustion_then_serves_without_spinning(server, build, base_seed):
+    """The server at its descriptor limit while 100 clients connect (some are reset or
+    wait in the backlog), then all leave: it must not spin at the limit nor after,
+    must serve a new client at once, and its books and descriptors must balance."""
+    srv = server(launcher=["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}"])
+    msg = payload(mix_seed(base_seed, "emfile"), 4 * KiB)
+    check_echo(msg, exchange(srv.addr, msg), "warm-up")
+    st0 = settle(srv, build)
+    held0 = st0["sockets_opened"] - st0["sockets_closed"]
+    holder = fd_holder(srv, build)
+    fds0 = holder.num_fds()
+    pids = [srv.pid] + ([holder.pid] if build.wine else [])
+    old_limit = holder.rlimit(psutil.RLIMIT_NOFILE)
+    limit = FD_LIMIT
+    if build.wine:
+        limit = fds0 + WINE_FD_HEADROOM
+        holder.rlimit(psutil.RLIMIT_NOFILE, (limit, old_limit[1]))
+    try:
+        storm = open_nonblocking(srv.addr, 100)
+        try:
+            wait_until(lambda: highest_fd(holder) >= limit - 1, 10 * build.slowness,
+                       f"the {holder.name()} to reach its descriptor limit {limit}")
+            held_share = cpu_share(pids, SPIN_WINDOW)
+        finally:
+            for s in storm:
+                s.close()
+        took, got = timed_echo(srv.addr, msg, 5 * build.slowness)
+        check_echo(msg, got, "the first client after the storm")
+        assert took < 1.5 * build.slowness, f"served only {took:.2f} s after the storm left"
+        idle_share = cpu_share(pids, SPIN_WINDOW)
+    finally:
+        if build.wine:
+            holder.rlimit(psutil.RLIMIT_NOFILE, old_limit)
+    assert held_share < MAX_CPU_SHARE, (
+        f"busy at the descriptor limit: {held_share:.1%} CPU over {SPIN_WINDOW} s")
+    assert idle_share < MAX_CPU_SHARE, (
+        f"busy while idle after the storm: {idle_share:.1%} CPU over {SPIN_WINDOW} s")
+    st = settle(srv, build, held0)
+    assert st["accept_errors"] > 0, f"the server never ran out of descriptors: {st}"
+    if build.wine:
+        wait_until(lambda: holder.num_fds() <= fds0 + WINE_FD_SLACK, 20 * build.slowness,
+                   f"the wineserver's descriptors back to {fds0} (+{WINE_FD_SLACK})")
+    else:
+        wait_until(lambda: holder.num_fds() == fds0, 10, f"the server's descriptors back to {fds0}")
+    srv.stop()
+    assert_clean(srv)
+
+
+def test_max_conns_with_many_clients(server, build, base_seed):
+    """--max-conns 20 and 100 clients: the first 20 are served, the other 80 are closed
+    unanswered; once the 20 leave, new clients are served again."""
+    n, extra = 20, 80
+    srv = server("--max-conns", n)
+    first = [connect(srv.addr) for _ in range(n)]
+    msgs = [payload(mix_seed(base_seed, "maxconns", i), 1 + i * 97) for i in range(n)]
+    for i, c in enumerate(first):
+        check_echo(msgs[i], exchange_on(c, msgs[i]), f"client {i} of the first {n}")
+    extras = [connect(srv.addr) for _ in range(extra)]  # the kernel completes the handshake
+    for e in extras:
+        try:
+            e.send(b"are you there")
+        except OSError:
+            pass  # already reset by the server
+    ends = wait_eof_all(extras, 10 * build.slowness)
+    bad = [f"extra {i}: {how}, {len(data)} bytes" for i, (data, how, _) in enumerate(ends)
+           if how == "timeout" or data]
+    assert not bad, f"clients beyond --max-conns {n} not closed unanswered: {bad[:5]}"
+    st = srv.stats()
+    assert st["active"] == n and st["refused"] >= extra, st
+    for i, c in enumerate(first):
+        check_echo(msgs[i], exchange_on(c, msgs[i]), f"client {i} after the refusals")
+    for s in first + extras:
+        s.close()
+    settle(srv, build)
+    again = [Session(srv.addr, payload(mix_seed(base_seed, "maxconns again", i), 16 * KiB))
+             for i in range(n)]
+    run_sessions(again, 30 * build.slowness)
+    for i, s in enumerate(again):
+        check_echo(s.data, bytes(s.got), f"new client {i} after the first {n} left")
+    srv.stop()
+    assert_clean(srv)
+    assert srv.final["refused"] >= extra, srv.final_line
+
+
+def test_idle_timeout_with_many_clients(server, build, base_seed):
+    """--idle-timeout 1 and 200 silent clients: each is closed by the server after about
+    a second, all within a bound, while a client that echoes every 200 ms is kept."""
+    srv = server("--idle-timeout", 1)
+    busy = connect(srv.addr)
+    assert exchange_on(busy, b"hello") == b"hello"
+    stop = threading.Event()
+    busy_problems = []
+
+    def talk():
+        i = 0
+        try:
+            while not stop.wait(0.2):  # the busy client's traffic pattern
+                m = f"tick {i}".encode()
+                if exchange_on(busy, m, timeout=5 * build.slowness) != m:
+                    busy_problems.append(f"tick {i} not echoed")
+                    return
+                i += 1
+        except OSError as e:
+            busy_problems.append(f"tick {i}: {type(e).__name__}: {e}")
+
+    talker = threading.Thread(target=talk, daemon=True)
+    talker.start()
+    try:
+        silent, connected_at = [], []
+        for _ in range(200):
+            silent.append(connect(srv.addr))
+            connected_at.append(time.monotonic())
+        bound = 1.0 + 4 * build.slowness
+        ends = wait_eof_all(silent, bound + (time.monotonic() - connected_at[0]))
+    finally:
+        stop.set()
+        talker.join(10 * build.slowness)
+    not_closed = [i for i, (_, how, _) in enumerate(ends) if how == "timeout"]
+    assert not not_closed, f"{len(not_closed)} of 200 silent clients not closed within {bound} s"
+    early = [f"client {i} after {when - connected_at[i]:.2f} s"
+             for i, (_, _, when) in enumerate(ends) if when - connected_at[i] < 0.9]
+    assert not early, f"closed before the idle timeout: {early[:5]}"
+    late = max(when - connected_at[i] for i, (_, _, when) in enumerate(ends))
+    assert late <= bound, f"the last silent client was closed after {late:.2f} s"
+    assert all(data == b"" for data, _, _ in ends), "a silent client received data"
+    assert not talker.is_alive() and not busy_problems, f"busy client: {busy_problems}"
+    assert exchange_on(busy, b"still busy") == b"still busy"
+    for s in silent + [busy]:
+        s.close()
+    settle(srv, build)
+    srv.stop()
+    assert_clean(srv)
+
+
+HOGS = 200
+HOG_BYTES = 4 * MiB
+HOG_BUFFER = 1 * MiB
+BUDGET = 32 * MiB
+RSS_SLACK = 24 * MiB
+HOG_WINDOW = 4.0  # seconds the hogs stay connected and pushing while RSS is sampled
+
+
+def pump(sel, sent, data, until, on_tick):
+    """Writes data to every selected socket as far as it goes until `until`, calling
+    on_tick() every 0.25 s; sent[i] counts socket i's bytes."""
+    next_tick = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now >= until:
+            return
+        if now >= next_tick:
+            on_tick()
+            next_tick = time.monotonic() + 0.25
+        for key, _ in sel.select(max(0.0, min(next_tick, until) - time.monotonic())):
+            i = key.data
+            try:
+                sent[i] += key.fileobj.send(memoryview(data)[sent[i]:sent[i] + 256 * KiB])
+            except BlockingIOError:
+                continue
+            except OSError:
+                sent[i] = len(data)  # reset: this hog is done
+            if sent[i] >= len(data):
+                sel.unregister(key.fileobj)
+
+
+def test_never_reading_clients_are_bounded_by_the_buffer_budget(server, build, base_seed):
+    """200 clients each send 4 MiB and never read, against --buffer-size 1 MiB and
+    --max-buffer-bytes 32 MiB: the server's RSS stays below baseline + 32 MiB + slack
+    while they are connected, a fresh client is echoed within 1 s meanwhile, and the
+    books balance once the hogs close."""
+    srv = server("--buffer-size", HOG_BUFFER, "--max-buffer-bytes", BUDGET)
+    msg = payload(mix_seed(base_seed, "budget fresh"), 4 * KiB)
+    check_echo(msg, exchange(srv.addr, msg), "warm-up")
+    rss0 = rss_bytes(srv.pid)
+    data = payload(mix_seed(base_seed, "budget hog"), HOG_BYTES)
+    # a small receive window: the echo backs up into the server, not into our kernel
+    hogs = open_nonblocking(srv.addr, HOGS, rcvbuf=16 * KiB)
+    sel = selectors.DefaultSelector()
+    sent = [0] * HOGS
+    samples, fresh = [], []
+
+    def sample():
+        samples.append(rss_bytes(srv.pid))
+        if len(samples) % 4 == 0:  # about once a second
+            fresh.append(timed_echo(srv.addr, msg, 2 * build.slowness))
+
+    try:
+        for i, h in enumerate(hogs):
+            sel.register(h, selectors.EVENT_WRITE, i)
+        pump(sel, sent, data, time.monotonic() + HOG_WINDOW * build.slowness, sample)
+        sample()
+    finally:
+        sel.close()
+        for h in hogs:
+            h.close()
+    peak = max(samples)
+    pushed = sum(sent)
+    assert pushed > 2 * BUDGET, f"the hogs pushed only {pushed >> 20} MiB: no pressure built up"
+    assert peak < rss0 + BUDGET + RSS_SLACK, (
+        f"server RSS peaked at {peak >> 20} MiB (baseline {rss0 >> 20} MiB, budget"
+        f" {BUDGET >> 20} MiB) with {HOGS} clients not reading ({pushed >> 20} MiB sent)")
+    assert fresh, "no fresh client was tried while the hogs were connected"
+    for k, (took, got) in enumerate(fresh):
+        check_echo(msg, got, f"fresh client {k} while the hogs were connected")
+        assert took < 1.0 * build.slowness, f"fresh client {k} echoed only after {took:.2f} s"
+    settle(srv, build)
+    srv.stop()
+    assert_clean(srv, bytes_equal=False)  # the hogs' unread echo is dropped at their close
+
+
+def test_huge_buffer_size_and_many_threads_reserve_nothing_up_front(server, build, base_seed):
+    """--buffer-size 64 MiB --threads 64 starts quickly and serves with RSS < 256 MiB:
+    no ring or pool reserves (touches) a buffer per thread at start."""
+    t0 = time.monotonic()
+    srv = server("--buffer-size", 64 * MiB, threads="64", start_timeout=10 * build.slowness)
+    started = time.monotonic() - t0
+    assert started < 3 * build.slowness, f"took {started:.1f} s to start"
+    data = payload(mix_seed(base_seed, "huge buffers"), 2 * MiB)
+    check_echo(data, exchange(srv.addr, data, 10 * build.slowness), "with 64 MiB buffers")
+    rss = rss_bytes(srv.pid)
+    assert rss < 256 * MiB, f"server RSS {rss >> 20} MiB with 64 threads of 64 MiB buffers"
+    settle(srv, build)
+    srv.stop()
+    assert_clean(srv)
+
+
+def test_silent_connection_storm_leaves_clients_and_admin_served(server, build, base_seed):
+    """500 connections that never send: a new client is echoed within 1 s and the admin
+    port answers `stats` within 1 s."""
+    srv = server()
+    silent = open_nonblocking(srv.addr, 500)
+    try:
+        wait_until(lambda: srv.stats()["active"] >= 500, 20 * build.slowness,
+                   "all 500 silent connections accepted")
+        msg = payload(mix_seed(base_seed, "silent storm"), 4 * KiB)
+        took, got = timed_echo(srv.addr, msg, 5 * build.slowness)
+        check_echo(msg, got, "a client after 500 silent ones")
+        assert took < 1.0, f"served only after {took:.2f} s"
+        t0 = time.monotonic()
+        st = srv.stats()
+        took = time.monotonic() - t0
+        assert took < 1.0, f"admin stats answered only after {took:.2f} s"
+        assert st["active"] >= 500, st
+    finally:
+        for s in silent:
+            s.close()
+    settle(srv, build)
+    srv.stop()
+    assert_clean(srv)
