@@ -1,51 +1,67 @@
-/* admin.c - the admin port. It runs on its own thread with plain blocking-style
- * sockets polled every 100 ms, so it never depends on the backend it controls. */
+/* admin.c - the admin port. One thread polls the listener and every admin client
+ * with non-blocking sockets, so it never depends on the backend it controls and no
+ * client can hold it: each has a total deadline from connect, a bounded line, a
+ * bounded reply queue, and there is a bounded number of them (the oldest is dropped). */
 #include "admin.h"
 
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/ep.h"
 #include "core/server.h"
 #include "core/stats.h"
 
-#ifndef _WIN32
+#ifdef _WIN32
+#define admin_poll(fds, n, ms) WSAPoll((fds), (ULONG)(n), (ms))
+#define ADMIN_SEND_FLAGS 0
+#else
+#include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
-#include <unistd.h>
+#define admin_poll(fds, n, ms) poll((fds), (nfds_t)(n), (ms))
+#define ADMIN_SEND_FLAGS MSG_NOSIGNAL
 #endif
 
-#define ADMIN_LINE_MAX 256
-#define ADMIN_CLIENT_TIMEOUT_MS 5000
+#define ADMIN_LINE_MAX 256   /* a longer line is answered with an error, then closed */
+#define ADMIN_REPLY_MAX 2048 /* the longest reply: a stats line */
+#define ADMIN_OUT_MAX (2 * ADMIN_REPLY_MAX)
+#define ADMIN_CLIENTS_MAX 32
+#define ADMIN_DEADLINE_MS 1000 /* from connect to close, whatever the client sends */
+#define ADMIN_WAIT_MS 100      /* the longest wait between two looks at the stop flag */
 
-/* Waits up to ms for s to become readable; 1 readable, 0 timeout, -1 error.
- * poll, not select, on POSIX: with thousands of clients the admin socket's
- * descriptor is above FD_SETSIZE. Winsock's fd_set holds handles, any value. */
-static int wait_readable(net_socket s, int ms)
+struct admin_client {
+    net_socket s;
+    int64_t deadline;
+    int eof;     /* the peer has half-closed: answer its complete lines, flush, close */
+    int closing; /* flush what is queued, then close (over-long line, eviction) */
+    size_t used; /* bytes of unfinished lines in `in` */
+    size_t out_len, out_sent;
+    char in[ADMIN_LINE_MAX];
+    char out[ADMIN_OUT_MAX];
+};
+
+/* Nonzero when the last socket call failed only because it would have blocked. */
+static int would_block(void)
 {
 #ifdef _WIN32
-    fd_set set;
-    FD_ZERO(&set);
-    FD_SET(s, &set);
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    int rc = select(0, &set, NULL, NULL, &tv);
+    return WSAGetLastError() == WSAEWOULDBLOCK;
 #else
-    struct pollfd p = {.fd = s, .events = POLLIN};
-    int rc = poll(&p, 1, ms);
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
 #endif
-    return rc < 0 ? -1 : rc > 0;
 }
 
-/* Sends all of text, giving up on error. */
-static void send_all(net_socket s, const char *text)
+/* Makes s non-blocking; 0 or -1. */
+static int set_nonblocking(net_socket s)
 {
-    size_t len = strlen(text);
-    while (len > 0) {
-        int n = send(s, text, (int)len, 0);
-        if (n <= 0)
-            return;
-        text += n;
-        len -= (size_t)n;
-    }
+#ifdef _WIN32
+    u_long on = 1;
+    return ioctlsocket(s, FIONBIO, &on) == 0 ? 0 : -1;
+#else
+    int flags = fcntl(s, F_GETFL);
+    return flags < 0 || fcntl(s, F_SETFL, flags | O_NONBLOCK) < 0 ? -1 : 0;
+#endif
 }
 
 /* Executes one command line; returns its reply (into buf when dynamic). */
@@ -67,46 +83,178 @@ static const char *admin_command(struct admin *a, const char *line, char *buf, s
     return buf;
 }
 
-/* Serves one admin client: one command per line until EOF, a bad line or a timeout. */
-static void admin_serve(struct admin *a, net_socket client)
+/* Appends text to c's reply queue; the caller made sure it fits (ADMIN_REPLY_MAX). */
+static void client_queue(struct admin_client *c, const char *text)
 {
-    char line[ADMIN_LINE_MAX + 1], reply[2048];
-    size_t used = 0;
-    while (!atomic_load(&a->stop) && wait_readable(client, ADMIN_CLIENT_TIMEOUT_MS) == 1) {
-        int n = recv(client, line + used, (int)(ADMIN_LINE_MAX - used), 0);
-        if (n <= 0)
-            return;
-        used += (size_t)n;
-        char *nl;
-        while ((nl = memchr(line, '\n', used)) != NULL) {
-            size_t linelen = (size_t)(nl - line);
-            *nl = '\0';
-            if (linelen > 0 && line[linelen - 1] == '\r')
-                line[linelen - 1] = '\0';
-            send_all(client, admin_command(a, line, reply, sizeof(reply)));
-            used -= linelen + 1;
-            memmove(line, nl + 1, used);
-        }
-        if (used == ADMIN_LINE_MAX) {
-            send_all(client, "error line too long\n");
-            return;
-        }
+    size_t n = strlen(text);
+    if (n > sizeof(c->out) - c->out_len)
+        n = sizeof(c->out) - c->out_len;
+    memcpy(c->out + c->out_len, text, n);
+    c->out_len += n;
+}
+
+/* Sends what c's queue holds without blocking; 0, or -1 when the socket failed. */
+static int client_flush(struct admin_client *c)
+{
+    while (c->out_sent < c->out_len) {
+        int n = send(c->s, c->out + c->out_sent, (int)(c->out_len - c->out_sent), ADMIN_SEND_FLAGS);
+        if (n < 0)
+            return would_block() ? 0 : -1;
+        c->out_sent += (size_t)n;
+    }
+    c->out_len = c->out_sent = 0;
+    return 0;
+}
+
+/* Answers c's complete lines while its queue has room for a reply; an unfinished
+ * line that already fills the buffer is answered with an error and ends c. */
+static void client_take_lines(struct admin *a, struct admin_client *c)
+{
+    char reply[ADMIN_REPLY_MAX];
+    char *nl;
+    while (!c->closing && sizeof(c->out) - c->out_len >= ADMIN_REPLY_MAX &&
+           (nl = memchr(c->in, '\n', c->used)) != NULL) {
+        char line[ADMIN_LINE_MAX];
+        size_t len = (size_t)(nl - c->in);
+        memcpy(line, c->in, len);
+        line[len] = '\0';
+        if (len > 0 && line[len - 1] == '\r')
+            line[len - 1] = '\0';
+        c->used -= len + 1;
+        memmove(c->in, nl + 1, c->used);
+        client_queue(c, admin_command(a, line, reply, sizeof(reply)));
+    }
+    if (!c->closing && c->used == sizeof(c->in) && !memchr(c->in, '\n', c->used)) {
+        client_queue(c, "error line too long\n");
+        c->closing = 1;
     }
 }
 
-/* The admin thread: accept, serve, until admin_stop. */
+/* Reads what c sent; 0, or -1 when the socket failed. */
+static int client_read(struct admin_client *c)
+{
+    int n = recv(c->s, c->in + c->used, (int)(sizeof(c->in) - c->used), 0);
+    if (n < 0)
+        return would_block() ? 0 : -1;
+    if (n == 0)
+        c->eof = 1;
+    c->used += (size_t)n;
+    return 0;
+}
+
+/* Whether c wants to read: not after EOF or an error, and only with room for a reply. */
+static int client_wants_input(const struct admin_client *c)
+{
+    return !c->eof && !c->closing && c->used < sizeof(c->in) &&
+           sizeof(c->out) - c->out_len >= ADMIN_REPLY_MAX;
+}
+
+/* Whether c is finished: nothing left to answer or to send. */
+static int client_done(const struct admin_client *c)
+{
+    if (c->out_len > 0)
+        return 0;
+    return c->closing || (c->eof && !memchr(c->in, '\n', c->used));
+}
+
+/* Serves one poll result of c; 0 to keep it, -1 to close it. */
+static int client_step(struct admin *a, struct admin_client *c, short revents)
+{
+    if ((revents & (POLLIN | POLLHUP | POLLERR)) && client_wants_input(c) && client_read(c))
+        return -1;
+    client_take_lines(a, c);
+    if (client_flush(c))
+        return -1;
+    return client_done(c) ? -1 : 0;
+}
+
+/* Closes client i, after a last try to send why (a one-line error when given and nothing
+ * else is queued) and discarding unread input so the close is a FIN, not a reset. */
+static void client_close(struct admin *a, int i, const char *why)
+{
+    struct admin_client *c = &a->clients[i];
+    char scratch[512];
+    if (why && c->out_len == 0)
+        client_queue(c, why);
+    client_flush(c);
+    for (int k = 0; k < 8 && recv(c->s, scratch, sizeof(scratch), 0) > 0; k++)
+        ;
+    net_close(c->s);
+    a->nclients--;
+    memmove(c, c + 1, (size_t)(a->nclients - i) * sizeof(*c));
+}
+
+/* Accepts every pending admin client; when all slots are taken the oldest is dropped. */
+static void admin_accept(struct admin *a, int64_t now)
+{
+    for (;;) {
+        net_socket s = accept(a->listener, NULL, NULL);
+        if (s == NET_INVALID) {
+            if (!would_block()) /* e.g. out of descriptors: retry later, not in a spin */
+                a->accept_retry_ms = now + ADMIN_WAIT_MS;
+            return;
+        }
+        if (set_nonblocking(s)) {
+            net_close(s);
+            continue;
+        }
+        if (a->nclients == ADMIN_CLIENTS_MAX)
+            client_close(a, 0, "error too many admin clients\n");
+        struct admin_client *c = &a->clients[a->nclients++];
+        memset(c, 0, offsetof(struct admin_client, in));
+        c->s = s;
+        c->deadline = now + ADMIN_DEADLINE_MS;
+    }
+}
+
+/* How long to wait: until the next deadline, at most ADMIN_WAIT_MS. */
+static int admin_wait_ms(const struct admin *a, int64_t now)
+{
+    int64_t ms = ADMIN_WAIT_MS;
+    for (int i = 0; i < a->nclients; i++)
+        if (a->clients[i].deadline - now < ms)
+            ms = a->clients[i].deadline - now;
+    return ms < 0 ? 0 : (int)ms;
+}
+
+/* One round: wait for events, serve them, accept, close the clients past their deadline. */
+static void admin_round(struct admin *a)
+{
+    struct pollfd fds[ADMIN_CLIENTS_MAX + 1];
+    fds[0].fd = a->listener;
+    fds[0].events = POLLIN;
+    for (int i = 0; i < a->nclients; i++) {
+        struct admin_client *c = &a->clients[i];
+        fds[i + 1].fd = c->s;
+        fds[i + 1].events =
+            (short)((client_wants_input(c) ? POLLIN : 0) | (c->out_len > 0 ? POLLOUT : 0));
+        fds[i + 1].revents = 0;
+    }
+    fds[0].revents = 0;
+    int n = a->nclients;
+    int64_t now = ep_now_ms();
+    int skip = now < a->accept_retry_ms; /* leave the listener out while it is failing */
+    if (admin_poll(fds + skip, n + 1 - skip, admin_wait_ms(a, now)) < 0)
+        return;
+    for (int i = n - 1; i >= 0; i--) /* backwards: closing i leaves 0..i-1 in place */
+        if (fds[i + 1].revents && client_step(a, &a->clients[i], fds[i + 1].revents))
+            client_close(a, i, NULL);
+    now = ep_now_ms();
+    for (int i = a->nclients - 1; i >= 0; i--)
+        if (a->clients[i].deadline <= now)
+            client_close(a, i, "error admin deadline passed\n");
+    if (fds[0].revents & POLLIN)
+        admin_accept(a, now);
+}
+
+/* The admin thread: rounds until admin_stop, then a last flush and close of every client. */
 static void admin_loop(void *arg)
 {
     struct admin *a = arg;
-    while (!atomic_load(&a->stop)) {
-        if (wait_readable(a->listener, 100) != 1)
-            continue;
-        net_socket client = accept(a->listener, NULL, NULL);
-        if (client == NET_INVALID)
-            continue;
-        admin_serve(a, client);
-        net_close(client);
-    }
+    while (!atomic_load(&a->stop))
+        admin_round(a);
+    while (a->nclients > 0)
+        client_close(a, a->nclients - 1, NULL);
 }
 
 int admin_start(struct admin *a, struct server *srv, unsigned port, char *err, size_t errlen)
@@ -121,15 +269,18 @@ int admin_start(struct admin *a, struct server *srv, unsigned port, char *err, s
     addr.sin_port = htons((unsigned short)port);
     a->listener = socket(AF_INET, SOCK_STREAM, 0);
     if (a->listener == NET_INVALID || bind(a->listener, (struct sockaddr *)&addr, sizeof(addr)) ||
-        listen(a->listener, 8) || getsockname(a->listener, (struct sockaddr *)&addr, &len)) {
+        listen(a->listener, 2 * ADMIN_CLIENTS_MAX) ||
+        getsockname(a->listener, (struct sockaddr *)&addr, &len) || set_nonblocking(a->listener)) {
         snprintf(err, errlen, "cannot open admin port 127.0.0.1:%u: %s", port, net_last_error());
         if (a->listener != NET_INVALID)
             net_close(a->listener);
         return EP_EADDR;
     }
     a->port = ntohs(addr.sin_port);
-    if (ep_thread_start(&a->thread, admin_loop, a)) {
+    a->clients = calloc(ADMIN_CLIENTS_MAX, sizeof(*a->clients));
+    if (!a->clients || ep_thread_start(&a->thread, admin_loop, a)) {
         snprintf(err, errlen, "cannot start the admin thread");
+        free(a->clients);
         net_close(a->listener);
         return EP_EIO;
     }
@@ -141,4 +292,5 @@ void admin_stop(struct admin *a)
     atomic_store(&a->stop, 1);
     ep_thread_join(a->thread);
     net_close(a->listener);
+    free(a->clients);
 }

@@ -1,14 +1,17 @@
-/* admin.h - the loopback-only admin port: "stats" and "shutdown", one line each. */
+/* admin.h - the loopback-only admin port: "stats", "shutdown" and "ping", one line each.
+ * One thread serves every admin client at once, each within a total deadline. */
 #ifndef EP_ADMIN_H
 #define EP_ADMIN_H
 
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "core/platform.h"
 #include "net.h"
 
 struct server;
+struct admin_client;
 
 struct admin {
     struct server *srv;
@@ -16,12 +19,15 @@ struct admin {
     unsigned port; /* the bound port, also when 0 was asked */
     atomic_int stop;
     ep_thread thread;
+    struct admin_client *clients; /* ADMIN_CLIENTS_MAX slots, oldest first */
+    int nclients;
+    int64_t accept_retry_ms; /* after a failed accept, poll the listener again from then */
 };
 
 /* Listens on 127.0.0.1:port and serves commands on a thread. 0, or EP_E* with err set. */
 int admin_start(struct admin *a, struct server *srv, unsigned port, char *err, size_t errlen);
 
-/* Stops the admin thread and closes its socket. */
+/* Stops the admin thread (within ~100 ms), closes its clients and its socket. */
 void admin_stop(struct admin *a);
 
 #endif

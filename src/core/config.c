@@ -53,19 +53,95 @@ static int parse_number(const char *text, unsigned long long min, unsigned long 
     return 0;
 }
 
+/* Whether s[0..len) is a dotted IPv4 address as inet_pton reads one: four decimal
+ * parts 0-255 without leading zeros. */
+static int is_ipv4(const char *s, size_t len)
+{
+    size_t i = 0;
+    for (int part = 0; part < 4; part++) {
+        if (part > 0 && (i >= len || s[i++] != '.'))
+            return 0;
+        size_t start = i;
+        unsigned v = 0;
+        while (i < len && s[i] >= '0' && s[i] <= '9' && v <= 255)
+            v = v * 10 + (unsigned)(s[i++] - '0');
+        if (i == start || v > 255 || (s[start] == '0' && i - start > 1))
+            return 0;
+    }
+    return i == len;
+}
+
+/* Whether c is a hexadecimal digit. */
+static int is_hex(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* Whether s[0..len) is an IPv6 literal as inet_pton reads one: eight groups of 1-4 hex
+ * digits, or fewer with one "::" standing for at least one zero group; the last two
+ * groups may be written as a dotted IPv4 address. */
+static int is_ipv6(const char *s, size_t len)
+{
+    int groups = 0, gap = 0;
+    size_t i = 0;
+    if (len >= 2 && s[0] == ':' && s[1] == ':') {
+        gap = 1;
+        i = 2;
+    }
+    while (i < len) {
+        size_t start = i;
+        while (i < len && i - start <= 4 && is_hex(s[i]))
+            i++;
+        if (i < len && s[i] == '.') {
+            if (!is_ipv4(s + start, len - start))
+                return 0;
+            groups += 2;
+            break;
+        }
+        if (i == start || i - start > 4)
+            return 0;
+        groups++;
+        if (i == len)
+            break;
+        if (s[i++] != ':' || i == len)
+            return 0; /* not a separator, or a single trailing colon */
+        if (s[i] == ':') {
+            if (gap)
+                return 0;
+            gap = 1;
+            i++;
+        }
+    }
+    return gap ? groups <= 7 : groups == 8;
+}
+
+/* Whether the host part of --listen is acceptable: a bracketed one must be an IPv6
+ * literal, one made only of digits and dots a dotted IPv4 address; names are left
+ * to the resolver. */
+static int host_is_valid(const char *host, size_t n, int bracketed)
+{
+    if (bracketed)
+        return is_ipv6(host, n);
+    for (size_t i = 0; i < n; i++)
+        if ((host[i] < '0' || host[i] > '9') && host[i] != '.')
+            return 1;
+    return is_ipv4(host, n);
+}
+
 int config_parse_hostport(const char *text, char *host, size_t hostlen, unsigned *port, char *err,
                           size_t errlen)
 {
-    const char *colon;
+    const char *start = text, *colon;
+    int bracketed = text[0] == '[';
     size_t n;
-    if (text[0] == '[') {
+    if (bracketed) {
         const char *close = strchr(text, ']');
         if (!close || close[1] != ':') {
             snprintf(err, errlen, "bad address '%s': expected [IPV6]:PORT", text);
             return EP_EINVAL;
         }
-        n = (size_t)(close - text - 1);
-        text++;
+        start = text + 1;
+        n = (size_t)(close - start);
         colon = close + 1;
     } else {
         colon = strrchr(text, ':');
@@ -77,11 +153,15 @@ int config_parse_hostport(const char *text, char *host, size_t hostlen, unsigned
     }
     unsigned long long p;
     if (n == 0 || n >= hostlen || parse_number(colon + 1, 0, 65535, &p)) {
-        snprintf(err, errlen, "bad address '%s': expected HOST:PORT with PORT 0-65535",
-                 text[-1] == '[' ? text - 1 : text);
+        snprintf(err, errlen, "bad address '%s': expected HOST:PORT with PORT 0-65535", text);
         return EP_EINVAL;
     }
-    memcpy(host, text, n);
+    if (!host_is_valid(start, n, bracketed)) {
+        snprintf(err, errlen, "bad address '%s': '%.*s' is not a valid %s address", text, (int)n,
+                 start, bracketed ? "IPv6" : "IPv4");
+        return EP_EINVAL;
+    }
+    memcpy(host, start, n);
     host[n] = '\0';
     *port = (unsigned)p;
     return 0;

@@ -134,6 +134,7 @@ BAD_CLI = {
     "threads_0": (["--threads", "0"], None, "--threads"),
     "listen_nonsense": (["--listen", "nonsense"], None, "nonsense"),
     "listen_bad_port": (["--listen", "127.0.0.1:70000"], None, "70000"),
+    "listen_ipv4_octet_999": (["--listen", "999.1.1.1:1"], None, "999.1.1.1"),
     "unknown_option": (["--frobnicate"], None, "--frobnicate"),
     "missing_value": (["--threads"], None, "--threads"),
     "faults_probability_2": (["--faults", "partial_send=2"], None, "partial_send"),

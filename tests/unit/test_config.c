@@ -144,3 +144,81 @@ Test(config, rejects_a_buffer_budget_below_64_kib)
     cr_assert_eq(parse(NULL, args), CONFIG_ERROR);
     cr_expect(strstr(err, "--max-buffer-bytes") != NULL, "%s", err);
 }
+
+/* Parses "--listen text" and returns the result (err holds the message). */
+static enum config_result parse_listen(const char *text)
+{
+    const char *args[] = {"--listen", text, NULL};
+    return parse(NULL, args);
+}
+
+Test(config, rejects_ipv4_with_octet_above_255)
+{
+    cr_assert_eq(parse_listen("999.1.1.1:1"), CONFIG_ERROR, "999.1.1.1 was accepted");
+    cr_expect(strstr(err, "'999.1.1.1' is not a valid IPv4 address") != NULL, "%s", err);
+    cr_expect(strchr(err, '\n') == NULL, "the message is one line");
+}
+
+ParameterizedTestParameters(config, rejects_numeric_hosts_that_are_not_addresses)
+{
+    static char cases[][40] = {
+        "256.0.0.1:1",
+        "1.2.3:1",
+        "1.2.3.4.5:1",
+        "01.2.3.4:1",
+        "1..2.3:1",
+        ".1.2.3:1",
+        "1.2.3.:1",
+        "1.2.3.4444:1",
+        "[foo]:1",
+        "[1::2::3]:1",
+        "[12345::1]:1",
+        "[1:2:3:4:5:6:7:8:9]:1",
+        "[1:2:3:4:5:6:7::8]:1",
+        "[:1]:1",
+        "[1:]:1",
+        "[::1.2.3.256]:1",
+        "[1:2:3:4:5:6:7:1.2.3.4]:1",
+        "[]:1",
+        "[fe80::1%eth0]:1",
+    };
+    return cr_make_param_array(char[40], cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+ParameterizedTest(char (*text)[40], config, rejects_numeric_hosts_that_are_not_addresses)
+{
+    cr_assert_eq(parse_listen(*text), CONFIG_ERROR, "'%s' was accepted", *text);
+    cr_expect(strstr(err, *text) != NULL, "message '%s' does not name '%s'", err, *text);
+}
+
+ParameterizedTestParameters(config, accepts_addresses_and_host_names)
+{
+    static char cases[][40] = {
+        "0.0.0.0:0",
+        "255.255.255.255:1",
+        "[::]:0",
+        "[::1]:7",
+        "[fe80::1]:0",
+        "[1:2:3:4:5:6:7:8]:0",
+        "[::ffff:127.0.0.1]:0",
+        "[1:2:3:4:5:6::]:0",
+        "[ABCD::ef01]:0",
+        "localhost:0",
+        "my-host.example:80",
+        "1.2.3.4a:80",
+    };
+    return cr_make_param_array(char[40], cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+ParameterizedTest(char (*text)[40], config, accepts_addresses_and_host_names)
+{
+    cr_expect_eq(parse_listen(*text), CONFIG_RUN, "'%s': %s", *text, err);
+}
+
+Test(config, bad_port_message_quotes_the_argument_not_the_byte_before_it)
+{
+    /* the argument follows a '[' in memory: the message must not start there */
+    static const char memory[] = "[127.0.0.1:99999";
+    cr_assert_eq(parse_listen(memory + 1), CONFIG_ERROR);
+    cr_expect(strstr(err, "bad address '127.0.0.1:99999'") != NULL, "%s", err);
+}
