@@ -520,8 +520,9 @@ class Session:
     """One client's stream, driven by run_sessions: writes payload in `chunks`,
     reads the echo back, optionally half-closes after the last write."""
 
-    def __init__(self, addr, data, chunks=None, half_close=False, lag=0, name=""):
+    def __init__(self, addr, data, chunks=None, half_close=False, lag=0, name="", rcvbuf=None):
         self.addr = addr
+        self.rcvbuf = rcvbuf     # SO_RCVBUF before connecting: a small one backs the echo up
         self.data = data
         self.chunks = list(chunks) if chunks else None
         self.half_close = half_close
@@ -568,6 +569,8 @@ def run_sessions(sessions, timeout, connect_timeout=None):
     try:
         for s in sessions:
             sock = socket.socket(family_of(s.addr[0]), socket.SOCK_STREAM)
+            if s.rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, s.rcvbuf)
             sock.setblocking(False)
             s.sock = sock
             rc = sock.connect_ex(s.addr)

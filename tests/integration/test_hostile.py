@@ -330,3 +330,23 @@ def test_silent_connection_storm_leaves_clients_and_admin_served(server, build, 
     settle(srv, build)
     srv.stop()
     assert_clean(srv)
+
+
+def test_echo_stays_exact_under_buffer_backpressure(server, build, base_seed):
+    """20 clients each write 6 MiB before reading (more than the server's kernel send
+    buffer takes, so echoes stall holding their buffer), against --buffer-size 16 KiB and
+    --max-buffer-bytes 64 KiB (room for 3 full and 2 small buffers): receives must wait
+    for the budget (buffer_waits > 0), and every byte must still come back in order - a
+    backend that took data off the socket and then found no buffer for it would lose
+    the middle of a stream here."""
+    srv = server("--buffer-size", 16 * KiB, "--max-buffer-bytes", 64 * KiB)
+    size = 6 * MiB
+    sessions = [Session(srv.addr, payload(mix_seed(base_seed, "backpressure", i), size),
+                        lag=size, name=f"client {i}", rcvbuf=16 * KiB) for i in range(20)]
+    run_sessions(sessions, 60 * build.slowness)
+    for s in sessions:
+        assert s.error is None and bytes(s.got) == s.data, s.describe()
+    st = settle(srv, build)
+    assert st["buffer_waits"] > 0, f"the budget never made a receive wait: {st}"
+    srv.stop()
+    assert_clean(srv)
