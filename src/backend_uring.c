@@ -41,24 +41,8 @@
 #define BUF_MIN 2u
 #define BUF_MAX 256u
 
-/* What a completion is for; stored in the request that user_data points to.
- * OPK_RECV_QUEUED: a receive the multishot receive already has data (or its end) for. */
-enum op_kind {
-    OPK_NONE,
-    OPK_RECV,
-    OPK_RECV_PLAIN,
-    OPK_RECV_QUEUED,
-    OPK_SEND,
-    OPK_ACCEPT,
-    OPK_BACKOFF,
-    OPK_WAKE
-};
-
-/* The user_data of a multishot receive is (fd << 1) | MRECV_TAG: requests are aligned,
- * so the low bit tells them apart, and the socket's slot outlives its connection. */
-#define MRECV_TAG 1u
-#define WANT_DATA 1
-#define WANT_QUEUED 2
+/* What a completion is for; stored in the request that user_data points to. */
+enum op_kind { OPK_NONE, OPK_RECV, OPK_RECV_PLAIN, OPK_SEND, OPK_ACCEPT, OPK_BACKOFF, OPK_WAKE };
 
 /* One posted operation. user_data points here; 0 marks completions we ignore. */
 struct ureq {
@@ -69,22 +53,6 @@ struct ureq {
 };
 
 struct uworker;
-
-/* The multishot receive of one socket (w->slots[fd]). The kernel delivers into provided
- * buffers whenever data comes; chunks the core has not asked for yet wait in a FIFO
- * linked through w->qnext (by buffer id). It may outlive the core's connection: a
- * released connection's socket is closed by its final CQE (no IORING_CQE_F_MORE). */
-struct mslot {
-    struct uconn *u;       /* NULL once the core released the connection */
-    unsigned char armed;   /* its final CQE is still to come */
-    unsigned char want;    /* the core's receive is posted: WANT_DATA, or WANT_QUEUED when
-                              its delivery is deferred to the loop (the kernel must wait) */
-    unsigned char enobufs; /* it ended on an empty buffer ring: fall back once */
-    unsigned char has_end; /* it ended with end_res (0 = EOF, or -errno) for the core */
-    unsigned char paused;  /* a chunk waits: its cancellation is posted (backpressure) */
-    int end_res;
-    int qhead, qtail; /* buffer ids, -1 = empty */
-};
 
 /* Per-connection backend state (conn_bk): the core posts one operation at a time. */
 struct uconn {
@@ -104,11 +72,6 @@ struct uworker {
     struct io_uring_buf_ring *br; /* provided buffers: nbufs of cfg->buffer_size in bufs */
     unsigned char *bufs;
     unsigned nbufs;
-    int *qnext, *qlen;   /* per buffer id: the next queued chunk, its length */
-    struct mslot *slots; /* by fd; nslots of them */
-    int nslots;
-    int orphans;     /* released connections whose multishot receive is still armed */
-    int single_recv; /* the kernel refused multishot receives: single-shot ones */
     struct ureq accept_req, backoff_req, wake_req;
     struct __kernel_timespec backoff_ts;    /* read by the kernel while the timeout is armed */
     int accept_armed, backoff_armed;        /* their final CQE is still to come */
@@ -315,29 +278,10 @@ static int prepare_socket(struct uworker *w, int fd)
     return fd;
 }
 
-/* Makes w->slots cover fd (new slots empty); 0, or -1 when memory runs out. */
-static int grow_slots(struct uworker *w, int fd)
-{
-    if (fd < w->nslots)
-        return 0;
-    int n = w->nslots ? w->nslots : 64;
-    while (n <= fd)
-        n *= 2;
-    struct mslot *grown = realloc(w->slots, (size_t)n * sizeof(*grown));
-    if (!grown)
-        return -1;
-    memset(grown + w->nslots, 0, (size_t)(n - w->nslots) * sizeof(*grown));
-    for (int i = w->nslots; i < n; i++)
-        grown[i].qhead = grown[i].qtail = -1;
-    w->slots = grown;
-    w->nslots = n;
-    return 0;
-}
-
 /* Gives a ready socket to the core, or closes it when the core refuses. */
 static void hand_off(struct uworker *w, int fd)
 {
-    struct conn *c = grow_slots(w, fd) ? NULL : srv_conn_new(w->srv, w->index);
+    struct conn *c = srv_conn_new(w->srv, w->index);
     if (!c) {
         close_socket(fd);
         return;
@@ -345,7 +289,6 @@ static void hand_off(struct uworker *w, int fd)
     struct uconn *u = conn_bk(c);
     u->fd = fd;
     u->w = w;
-    w->slots[fd].u = u;
     conn_start(c);
 }
 
@@ -434,169 +377,7 @@ static struct ureq *begin_op(struct uconn *u, unsigned char kind)
     return &u->req;
 }
 
-static void recv_plain(struct uconn *u, struct conn *c);
-static void complete_op(struct uworker *w, struct ureq *r, int res, unsigned flags);
-
-/* ---- multishot receives ----------------------------------------------------------- */
-
-/* Appends buffer bid, holding len bytes, to the chunks sl keeps for the core. */
-static void queue_chunk(struct uworker *w, struct mslot *sl, int bid, int len)
-{
-    w->qnext[bid] = -1;
-    w->qlen[bid] = len;
-    if (sl->qtail >= 0)
-        w->qnext[sl->qtail] = bid;
-    else
-        sl->qhead = bid;
-    sl->qtail = bid;
-}
-
-/* Takes sl's oldest chunk: its buffer id (and *len), or -1 when there is none. */
-static int dequeue_chunk(struct uworker *w, struct mslot *sl, int *len)
-{
-    int bid = sl->qhead;
-    if (bid < 0)
-        return -1;
-    sl->qhead = w->qnext[bid];
-    if (sl->qhead < 0)
-        sl->qtail = -1;
-    *len = w->qlen[bid];
-    return bid;
-}
-
-/* Arms fd's multishot receive into the provided buffers; 0, or -EBUSY (SQ full). */
-static int arm_mrecv(struct uworker *w, int fd)
-{
-    struct io_uring_sqe *sqe = get_sqe(w);
-    if (!sqe)
-        return -EBUSY;
-    io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = BUF_GROUP;
-    io_uring_sqe_set_data64(sqe, ((uint64_t)fd << 1) | MRECV_TAG);
-    w->slots[fd].armed = 1;
-    return 0;
-}
-
-/* The core has a receive posted on u: completes it with the oldest chunk, else with
- * the multishot receive's end; else (re-)arms it, or after -ENOBUFS falls back once to
- * a plain receive (catalogue 9). Calls the core only when it completes the receive. */
-static void deliver(struct uworker *w, struct uconn *u)
-{
-    struct mslot *sl = &w->slots[u->fd];
-    int len, bid = dequeue_chunk(w, sl, &len);
-    if (bid >= 0 || sl->has_end) {
-        int res = bid >= 0 ? len : sl->end_res;
-        unsigned flags =
-            bid >= 0 ? IORING_CQE_F_BUFFER | ((unsigned)bid << IORING_CQE_BUFFER_SHIFT) : 0;
-        sl->has_end = bid >= 0 && sl->has_end;
-        sl->want = 0;
-        u->req.kind = OPK_RECV;
-        complete_op(w, &u->req, res, flags);
-    } else if (!sl->armed && sl->enobufs) {
-        sl->enobufs = 0;
-        sl->want = 0;
-        stats_add(recv_fallbacks, 1);
-        recv_plain(u, conn_from_bk(u));
-    } else if (!sl->armed && arm_mrecv(w, u->fd) < 0) {
-        sl->want = 0;
-        defer(w, &u->req, -EBUSY);
-    }
-}
-
-/* The core's receive on u, served by the socket's multishot receive: what is already
- * there is delivered by the worker loop, never inside the core's call. */
-static void recv_multishot(struct uconn *u)
-{
-    struct mslot *sl = &u->w->slots[u->fd];
-    sl->want = WANT_DATA;
-    if (sl->qhead >= 0 || sl->has_end) {
-        sl->want = WANT_QUEUED;
-        u->req.kind = OPK_RECV_QUEUED;
-        defer(u->w, &u->req, 0);
-    } else {
-        deliver(u->w, u);
-    }
-}
-
-/* Cancels fd's multishot receive while a chunk waits for the core, so a connection that
- * is not read holds one or two provided buffers, not the ring, and TCP flow control
- * keeps the rest in the kernel; the next receive the core posts re-arms it. */
-static void pause_mrecv(struct uworker *w, int fd, struct mslot *sl)
-{
-    struct io_uring_sqe *sqe = get_sqe(w);
-    if (!sqe)
-        return; /* tried again with the next chunk */
-    io_uring_prep_cancel64(sqe, ((uint64_t)fd << 1) | MRECV_TAG, 0);
-    io_uring_sqe_set_data(sqe, NULL);
-    sl->paused = 1;
-}
-
-/* A completion of fd's multishot receive: a chunk to deliver or keep, or its end. The
- * end of a released connection's receive closes its socket. */
-static void on_mrecv(struct uworker *w, int fd, int res, unsigned flags)
-{
-    struct mslot *sl = &w->slots[fd];
-    if (!(flags & IORING_CQE_F_MORE))
-        sl->armed = 0;
-    if (flags & IORING_CQE_F_BUFFER) {
-        unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-        if (res > 0 && sl->u)
-            queue_chunk(w, sl, (int)bid, res);
-        else
-            recycle_buffer(w, bid);
-    }
-    if (sl->armed && sl->u && !sl->want && !sl->paused && sl->qhead >= 0)
-        pause_mrecv(w, fd, sl);
-    if (res == -ENOBUFS || res == -EINVAL) {
-        sl->enobufs = 1; /* an empty ring, or a kernel without multishot receives */
-        w->single_recv |= res == -EINVAL;
-    } else if (res <= 0 && !sl->armed && !sl->has_end && !(sl->paused && res == -ECANCELED)) {
-        sl->has_end = 1;
-        sl->end_res = res;
-    }
-    if (!sl->armed)
-        sl->paused = 0;
-    if (!sl->u) {
-        if (!sl->armed) {
-            sl->has_end = sl->enobufs = 0;
-            w->orphans--;
-            close_socket(fd);
-        }
-        return;
-    }
-    if (sl->want == WANT_DATA)
-        deliver(w, sl->u);
-}
-
-/* Forgets u's slot when the core releases u: its chunks go back to the ring; an armed
- * receive is cancelled and closes the socket when it ends. 1 when it is still armed. */
-static int release_slot(struct uworker *w, struct uconn *u)
-{
-    struct mslot *sl = &w->slots[u->fd];
-    int len, bid;
-    while ((bid = dequeue_chunk(w, sl, &len)) >= 0)
-        recycle_buffer(w, (unsigned)bid);
-    sl->u = NULL;
-    sl->want = sl->has_end = sl->enobufs = 0;
-    if (!sl->armed)
-        return 0;
-    sl->paused = 0; /* the cancellation below (or the pause's) ends it */
-    w->orphans++;
-    struct io_uring_sqe *sqe = get_sqe(w);
-    if (sqe) {
-        io_uring_prep_cancel64(sqe, ((uint64_t)u->fd << 1) | MRECV_TAG, 0);
-        io_uring_sqe_set_data(sqe, NULL);
-    } else {
-        uring_ops.shutdown(u->fd, SHUT_RDWR); /* ends the receive with 0 */
-    }
-    return 1;
-}
-
-/* ---- connection operations, continued ---------------------------------------------- */
-
-/* Posts the core's receive: served by a multishot receive into provided buffers, or
- * one receive into a provided buffer; nothing is pinned while idle. */
+/* Posts a receive into a provided buffer of the ring: nothing is pinned while idle. */
 static void uring_recv(struct conn *c)
 {
     struct uconn *u = conn_bk(c);
@@ -604,10 +385,6 @@ static void uring_recv(struct conn *c)
     struct ureq *r = begin_op(u, OPK_RECV);
     if (fault_active() && inject(u, c, FAULT_SITE_RECV, c->recv_ops, &len))
         return;
-    if (!u->w->single_recv) {
-        recv_multishot(u);
-        return;
-    }
     struct io_uring_sqe *sqe = get_sqe(u->w);
     if (!sqe) {
         defer(u->w, r, -EBUSY);
@@ -711,7 +488,7 @@ static void uring_cancel(struct conn *c)
 static void uring_release(struct conn *c)
 {
     struct uconn *u = conn_bk(c);
-    if (u->fd >= 0 && !release_slot(u->w, u))
+    if (u->fd >= 0)
         close_socket(u->fd);
     u->fd = -1;
 }
@@ -748,10 +525,7 @@ static void run_deferred(struct uworker *w)
     while (r) {
         struct ureq *next = r->next;
         r->next = NULL;
-        if (r->kind == OPK_RECV_QUEUED)
-            deliver(w, container_of(r, struct uconn, req));
-        else
-            complete_op(w, r, r->res, 0);
+        complete_op(w, r, r->res, 0);
         r = next;
     }
 }
@@ -769,10 +543,6 @@ static void dispatch(struct uworker *w, const struct cqe_copy *e)
     struct ureq *r = (struct ureq *)(uintptr_t)e->user_data;
     if (!r || e->user_data == LIBURING_UDATA_TIMEOUT)
         return; /* cancel requests and liburing's own timeouts */
-    if (e->user_data & MRECV_TAG) {
-        on_mrecv(w, (int)(e->user_data >> 1), e->res, e->flags);
-        return;
-    }
     switch (r->kind) {
     case OPK_ACCEPT:
         on_accept(w, e->res, e->flags);
@@ -824,7 +594,7 @@ static void submit_and_wait(struct uworker *w)
 /* Nonzero when w may leave: the core is done with it and its accepting is over. */
 static int worker_finished(struct uworker *w)
 {
-    return !w->deferred && !w->orphans && w->stop_counted && srv_worker_done(w->srv, w->index);
+    return !w->deferred && w->stop_counted && srv_worker_done(w->srv, w->index);
 }
 
 /* Enables a ring created disabled, making the calling thread its single issuer.
@@ -962,9 +732,7 @@ static int init_buffers(struct uworker *w)
         return -ENOMEM;
     w->br = mem;
     w->bufs = malloc((size_t)n * size);
-    w->qnext = malloc(n * sizeof(*w->qnext));
-    w->qlen = malloc(n * sizeof(*w->qlen));
-    if (!w->bufs || !w->qnext || !w->qlen)
+    if (!w->bufs)
         return -ENOMEM;
     w->nbufs = n;
     struct io_uring_buf_reg reg;
@@ -1049,9 +817,6 @@ static void uring_destroy(struct server *s)
             close(w->efd);
         free(w->br);
         free(w->bufs);
-        free(w->qnext);
-        free(w->qlen);
-        free(w->slots);
     }
     close_listener(st);
     s->bk_state = NULL;

@@ -68,7 +68,6 @@ struct fop {
     char *buf;    /* a plain receive's buffer, a send's bytes */
     unsigned len; /* a receive's capacity, a send's length */
     int buffer_select;
-    int multishot; /* a multishot receive: completions with F_MORE until its end */
     long long timeout_ns;
 };
 
@@ -239,11 +238,8 @@ static void take_sqe(const struct io_uring_sqe *sqe)
             violate("two receives pending on socket %d", sqe->fd);
         op = new_op(OP_RECV, sqe);
         op->buffer_select = (sqe->flags & IOSQE_BUFFER_SELECT) != 0;
-        op->multishot = (sqe->ioprio & IORING_RECV_MULTISHOT) != 0;
         if (op->buffer_select && (sqe->buf_group != 0 || sqe->addr))
             violate("a buffer-select receive with another group or a buffer");
-        if (op->multishot && !op->buffer_select)
-            violate("a multishot receive without provided buffers");
         break;
     case IORING_OP_SEND:
         open_sock(sqe->fd, "send");
@@ -508,7 +504,7 @@ static void peer_sends(struct fsock *fs, const char *data)
     struct fop *op = pending_op(OP_RECV, fs->fd);
     unsigned n = (unsigned)strlen(data);
     cr_assert_not_null(op, "no receive is posted on socket %d", fs->fd);
-    cr_assert(op->len == 0 || n <= op->len, "%u bytes for a receive of %u", n, op->len);
+    cr_assert_leq(n, op->len, "%u bytes for a receive of %u", n, op->len);
     if (!op->buffer_select) {
         memcpy(op->buf, data, n);
         complete(op, (int)n, 0);
@@ -521,9 +517,7 @@ static void peer_sends(struct fsock *fs, const char *data)
     struct io_uring_buf *b = &k.br->bufs[k.buf_head++ & (k.nbufs - 1)];
     cr_assert_geq(b->len, n);
     memcpy((void *)(uintptr_t)b->addr, data, n);
-    complete(op, (int)n,
-             IORING_CQE_F_BUFFER | ((unsigned)b->bid << IORING_CQE_BUFFER_SHIFT) |
-                 (op->multishot ? IORING_CQE_F_MORE : 0));
+    complete(op, (int)n, IORING_CQE_F_BUFFER | ((unsigned)b->bid << IORING_CQE_BUFFER_SHIFT));
 }
 
 /* fs's pending receive ends with res (0: EOF, or -errno) and no data. */
@@ -1024,56 +1018,5 @@ Test(uring_faults, alloc_fail_refuses_the_socket_and_keeps_accepting)
     cr_assert_eq(stats_get(refused), 1);
     cr_assert_eq(count_pending(OP_ACCEPT), 1);
     connected();
-    finish_and_check();
-}
-
-/* ---- multishot receives ---- */
-
-/* The cancel SQEs the backend submitted that target fs's multishot receive. */
-static struct fop *multishot_recv(struct fsock *fs)
-{
-    struct fop *op = pending_op(OP_RECV, fs->fd);
-    cr_assert_not_null(op, "no receive is armed on socket %d", fs->fd);
-    cr_assert(op->multishot, "the receive is not a multishot one");
-    return op;
-}
-
-Test(uring, data_arriving_during_a_send_is_kept_then_echoed_in_order)
-{
-    start();
-    struct fsock *fs = echoing("first");
-    struct fop *ms = multishot_recv(fs);
-    peer_sends(fs, "second"); /* the multishot receive is still armed */
-    pump();
-    cr_assert_not(ms->pending, "a chunk waits: the multishot receive must pause");
-    cr_assert_eq(buffers_in_ring(), k.nbufs - 1, "the waiting chunk holds its buffer");
-    complete_send(fs, 5);
-    pump();
-    complete_send(fs, 6);
-    pump();
-    cr_assert_eq(fs->out_len, 11);
-    cr_assert_eq(memcmp(fs->out, "firstsecond", 11), 0);
-    multishot_recv(fs); /* re-armed once the core asked again */
-    cr_assert_eq(buffers_in_ring(), k.nbufs);
-    finish_and_check();
-}
-
-Test(uring, chunk_arriving_while_a_kept_one_is_being_delivered_waits_its_turn)
-{
-    start();
-    struct fsock *fs = echoing("first");
-    peer_sends(fs, "second");
-    pass(); /* "second" is kept; the pause is prepared, not yet submitted */
-    complete_send(fs, 5);
-    peer_sends(fs, "third"); /* lands in the same batch as the send's completion */
-    pump();
-    for (int i = 0; i < 4 && pending_op(OP_SEND, fs->fd); i++) {
-        complete_send(fs, pending_op(OP_SEND, fs->fd)->len);
-        pump();
-    }
-    cr_assert_eq(fs->out_len, 16, "%zu bytes echoed", fs->out_len);
-    cr_assert_eq(memcmp(fs->out, "firstsecondthird", 16), 0);
-    cr_assert_eq(fs->closes, 0);
-    multishot_recv(fs);
     finish_and_check();
 }
