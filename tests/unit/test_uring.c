@@ -1020,3 +1020,16 @@ Test(uring_faults, alloc_fail_refuses_the_socket_and_keeps_accepting)
     connected();
     finish_and_check();
 }
+
+Test(uring, stop_with_a_full_sq_still_ends_the_pending_receive_by_shutdown)
+{
+    start();
+    struct fsock *fs = connected();
+    srv_request_stop(&k.srv);
+    k.sq_full = 1; /* the cancel finds no SQE: the shutdown alone must end the receive */
+    pass();
+    cr_assert(fs->shut, "the connection was not shut down");
+    finish();
+    cr_assert_eq(fs->closes, 1);
+    check();
+}
