@@ -27,6 +27,7 @@
 #include "core/stats.h"
 #include "fault.h"
 #include "net.h"
+#include "uring_ops.h"
 
 #define RING_ENTRIES 1024u /* SQ size; the CQ is CQ_FACTOR times larger */
 #define CQ_FACTOR 8u
@@ -87,6 +88,37 @@ struct uring_state {
     struct uworker *w;
 };
 
+/* ---- the call table (uring_ops.h) ------------------------------------------------- */
+
+/* Defaults for the entries liburing declares inline. */
+static struct io_uring_sqe *real_get_sqe(struct io_uring *ring)
+{
+    return io_uring_get_sqe(ring);
+}
+
+static void real_cq_advance(struct io_uring *ring, unsigned n)
+{
+    io_uring_cq_advance(ring, n);
+}
+
+#define URING_OPS_DEFAULTS                                                                         \
+    {                                                                                              \
+        .queue_init_params = io_uring_queue_init_params, .queue_exit = io_uring_queue_exit,        \
+        .register_buf_ring = io_uring_register_buf_ring, .get_sqe = real_get_sqe,                  \
+        .submit = io_uring_submit, .submit_and_wait_timeout = io_uring_submit_and_wait_timeout,    \
+        .peek_batch_cqe = io_uring_peek_batch_cqe, .cq_advance = real_cq_advance,                  \
+        .setsockopt = setsockopt, .shutdown = shutdown, .close = close,                            \
+    }
+
+struct uring_ops uring_ops = URING_OPS_DEFAULTS;
+
+/* Restores every entry to its default. */
+void uring_ops_reset(void)
+{
+    static const struct uring_ops defaults = URING_OPS_DEFAULTS;
+    uring_ops = defaults;
+}
+
 /* Translates a negative errno from a CQE or a call into an EP_E* code. */
 static int translate_error(int neg_errno)
 {
@@ -115,17 +147,17 @@ static int translate_error(int neg_errno)
 /* Closes a socket the server opened and counts it. */
 static void close_socket(int fd)
 {
-    close(fd);
+    uring_ops.close(fd);
     stats_add(sockets_closed, 1);
 }
 
 /* An SQE of w's ring, submitting once to make room; NULL if the ring stays full. */
 static struct io_uring_sqe *get_sqe(struct uworker *w)
 {
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+    struct io_uring_sqe *sqe = uring_ops.get_sqe(&w->ring);
     if (!sqe) {
-        io_uring_submit(&w->ring);
-        sqe = io_uring_get_sqe(&w->ring);
+        uring_ops.submit(&w->ring);
+        sqe = uring_ops.get_sqe(&w->ring);
     }
     return sqe;
 }
@@ -229,7 +261,7 @@ static int prepare_socket(struct uworker *w, int fd)
         if (fd >= 0)
             fd = fail_fresh_socket(fault_setsockopt_action(op), fd);
     }
-    if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))) {
+    if (fd >= 0 && uring_ops.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))) {
         int code = errno;
         close_socket(fd);
         return -code;
@@ -431,14 +463,14 @@ static void uring_cancel(struct conn *c)
     struct uconn *u = conn_bk(c);
     if (u->fd < 0)
         return;
-    shutdown(u->fd, SHUT_RDWR); /* wakes a pending recv (0) or send (-EPIPE) */
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&u->w->ring);
+    uring_ops.shutdown(u->fd, SHUT_RDWR); /* wakes a pending recv (0) or send (-EPIPE) */
+    struct io_uring_sqe *sqe = uring_ops.get_sqe(&u->w->ring);
     if (!sqe)
         return; /* shutdown alone suffices */
     io_uring_prep_cancel_fd(sqe, u->fd, IORING_ASYNC_CANCEL_ALL);
     io_uring_sqe_set_data(sqe, NULL);
     /* submit now, while fd is still c's: a later cancel could hit a reused fd */
-    io_uring_submit(&u->w->ring);
+    uring_ops.submit(&u->w->ring);
 }
 
 /* Closes c's socket once, when the core frees c. */
@@ -520,19 +552,16 @@ static void reap(struct uworker *w)
 {
     struct cqe_copy batch[CQE_BATCH];
     for (int b = 0; b < MAX_BATCHES; b++) {
-        struct io_uring_cqe *cqe;
-        unsigned head, n = 0;
-        io_uring_for_each_cqe(&w->ring, head, cqe)
-        {
-            batch[n].user_data = cqe->user_data;
-            batch[n].res = cqe->res;
-            batch[n].flags = cqe->flags;
-            if (++n == CQE_BATCH)
-                break;
-        }
+        struct io_uring_cqe *cqes[CQE_BATCH];
+        unsigned n = uring_ops.peek_batch_cqe(&w->ring, cqes, CQE_BATCH);
         if (n == 0)
             return;
-        io_uring_cq_advance(&w->ring, n);
+        for (unsigned i = 0; i < n; i++) {
+            batch[i].user_data = cqes[i]->user_data;
+            batch[i].res = cqes[i]->res;
+            batch[i].flags = cqes[i]->flags;
+        }
+        uring_ops.cq_advance(&w->ring, n);
         for (unsigned i = 0; i < n; i++)
             dispatch(w, &batch[i]);
     }
@@ -545,8 +574,8 @@ static void submit_and_wait(struct uworker *w)
     struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = SRV_TICK_MS * 1000000L};
     struct io_uring_cqe *cqe;
     if (w->deferred)
-        io_uring_submit(&w->ring);
-    else if (io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL) < 0)
+        uring_ops.submit(&w->ring);
+    else if (uring_ops.submit_and_wait_timeout(&w->ring, &cqe, 1, &ts, NULL) < 0)
         sched_yield(); /* idle: valgrind serialises threads and does not see
                           io_uring_enter as blocking, so the admin thread starved */
 }
@@ -565,6 +594,26 @@ static int enable_ring(struct uworker *w)
                         0);
 }
 
+/* One turn of w's loop: owed retries, deferred completions, submit and wait, reap,
+ * tick when due (by *next_tick, which it advances). Nonzero when w may leave. */
+static int worker_pass(struct uworker *w, int64_t *next_tick)
+{
+    if (w->rearm_accept && !w->stop)
+        arm_accept(w);
+    if (w->cancel_accept)
+        cancel_accepting(w);
+    run_deferred(w);
+    submit_and_wait(w);
+    reap(w);
+    int64_t now = ep_now_ms();
+    if (w->tick_now || now >= *next_tick) {
+        w->tick_now = 0;
+        *next_tick = now + SRV_TICK_MS;
+        srv_tick(w->srv, w->index);
+    }
+    return worker_finished(w);
+}
+
 /* bk run_worker: worker `index`'s ring loop on the calling thread, its single issuer,
  * until shutdown has drained it. */
 static void uring_run_worker(struct server *s, int index)
@@ -575,23 +624,16 @@ static void uring_run_worker(struct server *s, int index)
         fprintf(stderr, "echoport: io_uring_enable_rings failed\n");
         abort(); /* the kernel accepted R_DISABLED moments ago */
     }
-    for (;;) {
-        if (w->rearm_accept && !w->stop)
-            arm_accept(w);
-        if (w->cancel_accept)
-            cancel_accepting(w);
-        run_deferred(w);
-        submit_and_wait(w);
-        reap(w);
-        int64_t now = ep_now_ms();
-        if (w->tick_now || now >= next_tick) {
-            w->tick_now = 0;
-            next_tick = now + SRV_TICK_MS;
-            srv_tick(w->srv, w->index);
-        }
-        if (worker_finished(w))
-            break;
+    while (!worker_pass(w, &next_tick)) {
     }
+}
+
+/* Test hook (uring_ops.h): one pass of worker w's loop, ticking every time. */
+int uring_test_pass(struct server *s, int w)
+{
+    struct uring_state *st = s->bk_state;
+    int64_t next_tick = 0;
+    return worker_pass(&st->w[w], &next_tick);
 }
 
 /* ---- the bk_ops entry points ------------------------------------------------------ */
@@ -633,13 +675,13 @@ static int init_ring(struct uworker *w)
     p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN |
               IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_R_DISABLED;
     p.cq_entries = RING_ENTRIES * CQ_FACTOR;
-    int rc = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &p);
+    int rc = uring_ops.queue_init_params(RING_ENTRIES, &w->ring, &p);
     w->disabled = rc == 0;
     if (rc == -EINVAL) {
         memset(&p, 0, sizeof(p));
         p.flags = IORING_SETUP_CQSIZE;
         p.cq_entries = RING_ENTRIES * CQ_FACTOR;
-        rc = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &p);
+        rc = uring_ops.queue_init_params(RING_ENTRIES, &w->ring, &p);
     }
     w->ring_ok = rc == 0;
     return rc;
@@ -668,7 +710,7 @@ static int init_buffers(struct uworker *w)
     reg.ring_addr = (uint64_t)(uintptr_t)w->br;
     reg.ring_entries = n;
     reg.bgid = BUF_GROUP;
-    int rc = io_uring_register_buf_ring(&w->ring, &reg, 0);
+    int rc = uring_ops.register_buf_ring(&w->ring, &reg, 0);
     if (rc)
         return rc;
     io_uring_buf_ring_init(w->br);
@@ -740,7 +782,7 @@ static void uring_destroy(struct server *s)
     for (int i = 0; i < st->nworkers; i++) {
         struct uworker *w = &st->w[i];
         if (w->ring_ok)
-            io_uring_queue_exit(&w->ring); /* also drops the buffer ring */
+            uring_ops.queue_exit(&w->ring); /* also drops the buffer ring */
         if (w->efd >= 0)
             close(w->efd);
         free(w->br);

@@ -8,7 +8,7 @@ import subprocess
 
 from .procs import ROOT, say
 from .servers import ECHOPORT, REFERENCE, WINE_ECHOPORT, WINE_SEED, peers_of
-from .throughput import KEY_CELL
+from .throughput import ISSUE10_CELLS, KEY_CELL
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -124,6 +124,27 @@ def table(tp):
     return rows
 
 
+def spread_table(tp):
+    """Rows of the repetitions table: per cell and server, min / median / max over the
+    repetitions of msgs/s and of server CPU µs per message."""
+    results, cells = tp["results"], tp["cells"]
+    servers = [s for s in tp["servers"] if s != REFERENCE]
+    rows = [["cell", "metric"] + servers]
+    for cell in cells:
+        for key, label, fmt in (("msgs_per_s", "msgs/s", rate),
+                                ("cpu_us", "CPU µs/msg", lambda v: num(v, 2))):
+            row = [cell, label]
+            for name in servers:
+                sp = ((results.get(name, {}).get(cell) or {}).get("spread") or {}).get(key)
+                row.append(" / ".join(fmt(v) for v in sp) if sp else "-")
+            rows.append(row)
+    return rows
+
+
+SPREAD_LEGEND = ("Each entry: min / median / max over the repetitions (the main table shows "
+                 "the median).")
+
+
 def _ratio_text(results, peers, cell, metric, better):
     r, name = ratio(results, ECHOPORT, peers, cell, metric, better)
     return "-" if r is None else f"{r:.2f} ({name})"
@@ -153,6 +174,7 @@ def targets(data):
     tp = data.get("throughput")
     if tp and ECHOPORT in tp["results"]:
         out += _throughput_targets(tp)
+        out += _issue10_targets(tp)
     mem = (data.get("memory") or {}).get("results", {}).get(ECHOPORT)
     if mem and mem.get("kib_per_conn") is not None:
         v = mem["kib_per_conn"]
@@ -189,6 +211,26 @@ def _throughput_targets(tp):
         if r is not None:
             out.append(_verdict(r >= 0.85, f"{dma[0]}: msgs/s ÷ pingpong = {r:.2f} "
                                 "(target ≥ 0.85)"))
+    return out
+
+
+def _issue10_targets(tp):
+    """Issue 10 on Linux: CPU/msg ≤ 0.8 x and p99 ≤ 1.0 x the best peer in each of its
+    cells, on medians; the CPU line also gives the worst case over the repetitions
+    (echoport's max ÷ the best peer's min), so a MET is not noise."""
+    res, peers, out = tp["results"], peers_of(tp["servers"]), []
+    for cell in (c for c in ISSUE10_CELLS if c in tp["cells"]):
+        r, name = ratio(res, ECHOPORT, peers, cell, "cpu_us", min)
+        if r is not None:
+            mine = (res[ECHOPORT].get(cell) or {}).get("spread", {}).get("cpu_us")
+            theirs = (res[name].get(cell) or {}).get("spread", {}).get("cpu_us")
+            worst = f", worst case {mine[2] / theirs[0]:.2f}" if mine and theirs else ""
+            out.append(_verdict(r <= 0.8, f"issue 10, {cell}: CPU/msg ÷ best peer ({name}) = "
+                                f"{r:.2f}{worst} (target ≤ 0.8)"))
+        r, name = ratio(res, ECHOPORT, peers, cell, "p99", min)
+        if r is not None:
+            out.append(_verdict(r <= 1.0, f"issue 10, {cell}: p99 ÷ best peer ({name}) = "
+                                f"{r:.2f} (target ≤ 1.0)"))
     return out
 
 
@@ -253,7 +295,8 @@ def write_markdown(data):
     tp = data.get("throughput")
     if tp:
         parts += [f"## Throughput and latency ({tp['mode']}, {tp['date']})", "",
-                  _settings_text(tp), "", markdown(table(tp)), "", LEGEND, ""]
+                  _settings_text(tp), "", markdown(table(tp)), "", LEGEND, "",
+                  markdown(spread_table(tp)), "", SPREAD_LEGEND, ""]
         parts += [f"- {n}" for n in tp.get("notes", [])] + [""] * bool(tp.get("notes"))
         parts += ["![msgs/s and CPU per message](msgs_cpu.png)", "",
                   "![latency percentiles](latency_cdf.png)", ""]
@@ -308,6 +351,10 @@ def print_table(tp):
     print(markdown(table(tp)))
     print()
     print(LEGEND)
+    print()
+    print(markdown(spread_table(tp)))
+    print()
+    print(SPREAD_LEGEND)
 
 
 def note(msg):

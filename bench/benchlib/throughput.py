@@ -40,6 +40,19 @@ CELLS = [
     Cell("50 x 64 B, pipeline 16", 50, 64, pipeline=16),
 ]
 KEY_CELL = "50 x 128 B"  # the cell of the CPU target, the Wine comparison and the profile
+ISSUE10_CELLS = ["50 x 128 B", "500 x 128 B", "50 x 16 KiB"]  # the Linux CPU/p99 targets
+
+
+def select_cells(keys):
+    """The cells named in `keys` (comma-separated), all when empty; ValueError if unknown."""
+    if not keys:
+        return list(CELLS)
+    want = [k.strip() for k in keys.split(",")]
+    unknown = [k for k in want if k not in {c.key for c in CELLS}]
+    if unknown:
+        raise ValueError(f"unknown cell(s) {', '.join(unknown)}; known: "
+                         + ", ".join(c.key for c in CELLS))
+    return [c for c in CELLS if c.key in want]
 
 
 @dataclass
@@ -203,6 +216,10 @@ def summarize(runs):
         vals = [v for v in (get(r) for r in ok) if v is not None]
         return statistics.median(vals) if vals else None
 
+    def spread(key):
+        vals = [r[key] for r in ok if r.get(key) is not None]
+        return [min(vals), statistics.median(vals), max(vals)] if vals else None
+
     lat = {p: med(lambda r, p=p: (r.get("lat_us") or {}).get(p))
            for p in ("p50", "p90", "p99", "p999", "max")}
     load_cpu = med(lambda r: r.get("cpu_pct"))
@@ -218,5 +235,6 @@ def summarize(runs):
         "noisy": foreign is not None and foreign >= NOISY_PCT,
         "errors": errors,
         "reps": len(ok),
+        "spread": {"msgs_per_s": spread("msgs_per_s"), "cpu_us": spread("server_cpu_us")},
         "runs": runs,
     }
