@@ -12,8 +12,8 @@
 /* The defaults: the real calls, plus socket counting where sockets are born and die. */
 
 /* WSASocketW, counting each socket it creates. */
-static SOCKET WSAAPI dflt_WSASocketW(int af, int type, int proto, LPWSAPROTOCOL_INFOW info,
-                                     GROUP g, DWORD flags)
+static SOCKET WSAAPI dflt_WSASocketW(int af, int type, int proto, LPWSAPROTOCOL_INFOW info, GROUP g,
+                                     DWORD flags)
 {
     SOCKET s = WSASocketW(af, type, proto, info, g, flags);
     if (s != INVALID_SOCKET)
@@ -32,8 +32,14 @@ static int WSAAPI dflt_closesocket(SOCKET s)
 
 /* The rest forward the real calls: the address of a dllimport function is not a
  * constant initializer, so the table holds these local stand-ins. */
-static int WSAAPI dflt_bind(SOCKET s, const struct sockaddr *a, int n) { return bind(s, a, n); }
-static int WSAAPI dflt_listen(SOCKET s, int n) { return listen(s, n); }
+static int WSAAPI dflt_bind(SOCKET s, const struct sockaddr *a, int n)
+{
+    return bind(s, a, n);
+}
+static int WSAAPI dflt_listen(SOCKET s, int n)
+{
+    return listen(s, n);
+}
 
 static int WSAAPI dflt_setsockopt(SOCKET s, int level, int name, const char *v, int n)
 {
@@ -92,6 +98,11 @@ static BOOL WINAPI dflt_PostQueuedCompletionStatus(HANDLE port, DWORD n, ULONG_P
     return PostQueuedCompletionStatus(port, n, key, ov);
 }
 
+static BOOL WINAPI dflt_SetFileCompletionNotificationModes(HANDLE h, UCHAR flags)
+{
+    return SetFileCompletionNotificationModes(h, flags);
+}
+
 #define SHIM_ENTRY(id) [SHIM_##id] = {#id, (void *)dflt_##id, (void *)dflt_##id}
 
 struct shim_entry shim_table[SHIM_COUNT] = {
@@ -110,6 +121,7 @@ struct shim_entry shim_table[SHIM_COUNT] = {
     SHIM_ENTRY(CreateIoCompletionPort),
     SHIM_ENTRY(GetQueuedCompletionStatusEx),
     SHIM_ENTRY(PostQueuedCompletionStatus),
+    SHIM_ENTRY(SetFileCompletionNotificationModes),
 };
 
 /* The entry called `name`, or NULL. */
@@ -180,7 +192,10 @@ void shim_ctx_set(uint64_t conn, uint64_t op)
     shim_ctx.op = op;
 }
 
-void shim_ctx_clear(void) { shim_ctx.valid = 0; }
+void shim_ctx_clear(void)
+{
+    shim_ctx.valid = 0;
+}
 
 /* The fault to inject into this call at `site`, FAULT_NONE outside a context. */
 static enum fault_kind decide(enum fault_site site, uint64_t *aux)

@@ -8,6 +8,10 @@
  * fake WSAGetOverlappedResult turns into the scripted Winsock error, so the backend's
  * own path for system completions is the one exercised; closing a socket completes its
  * pending operations the way Windows does (aborted, or net-name-deleted: corosio #160).
+ * A socket in skip-on-success mode (SetFileCompletionNotificationModes, on unless a test
+ * refuses it) models Windows there too: a call that completes at once returns 0 and
+ * queues nothing; without the mode its packet is queued all the same. Receives complete
+ * at once only when a test asks (recv_at_once), so every other step stays scripted.
  * No worker thread runs: the test drives one worker pass at a time (iocp_test_pass), so
  * every step is deterministic and nothing sleeps.
  *
@@ -56,6 +60,8 @@ struct fsock {
     int closes;     /* must end at exactly 1 */
     int associated; /* with the completion port */
     int nonblocking;
+    int skip;            /* FILE_SKIP_COMPLETION_PORT_ON_SUCCESS was set */
+    int nb_reads;        /* non-blocking reads (after a zero-byte receive) */
     int accepted;        /* an AcceptEx completed successfully on it */
     int ctx_updated;     /* SO_UPDATE_ACCEPT_CONTEXT was set */
     char in[PEER_BYTES]; /* what the peer sent */
@@ -77,7 +83,8 @@ struct fop {
     SOCKET sock;     /* the accept socket of an AcceptEx, the socket of a recv/send */
     DWORD rlen;      /* AcceptEx dwReceiveDataLength */
     const char *buf; /* WSASend's bytes */
-    ULONG len;       /* WSASend's length, WSARecv's buffer length */
+    char *rbuf;      /* WSARecv's buffer */
+    ULONG len;       /* WSASend's length, WSARecv's buffer length (0: a zero-byte one) */
     DWORD error;     /* what WSAGetOverlappedResult reports; 0 = success */
 };
 
@@ -113,7 +120,9 @@ static struct {
     int associate_fail;         /* this many next socket-to-port associations fail */
     DWORD recv_fail;            /* the next overlapped WSARecv fails at once with it */
     DWORD send_fail;            /* the next WSASend fails at once with it */
-    int send_at_once;           /* the next WSASend succeeds at once (its packet still comes) */
+    int send_at_once;           /* the next WSASend succeeds at once */
+    int recv_at_once;           /* the next overlapped WSARecv finds what is there at once */
+    int skip_mode_fail;         /* SetFileCompletionNotificationModes fails */
     int post_fail;              /* this many next fabricated completions the port refuses */
     DWORD cancel_error;         /* how closing a socket completes its pending operations */
     int cancel_accepts_succeed; /* accepts that won the race with the listener's close */
@@ -255,6 +264,30 @@ static void abort_ops_of(struct fsock *fs)
             complete(op, 0, w.cancel_error);
         }
     }
+}
+
+/* op completed inside its call with `bytes`: a skip-on-success socket queues nothing
+ * (the op is done), any other socket queues its packet all the same. */
+static void complete_at_once(struct fsock *fs, struct fop *op, DWORD bytes)
+{
+    if (!fs->skip) {
+        complete(op, bytes, 0);
+        return;
+    }
+    op->ov->Internal = 0;
+    op->ov->InternalHigh = bytes;
+    op->state = OS_DEQUEUED;
+}
+
+/* Copies what the peer sent into the buffer of receive op (none for a zero-byte one);
+ * returns the bytes. */
+static size_t receive_into(struct fsock *fs, struct fop *op)
+{
+    size_t avail = fs->in_len - fs->in_off;
+    size_t k = avail < op->len ? avail : op->len;
+    memcpy(op->rbuf, fs->in + fs->in_off, k);
+    fs->in_off += k;
+    return k;
 }
 
 /* ---- the fake shim entries ---- */
@@ -440,20 +473,26 @@ static int WSAAPI fake_WSARecv(SOCKET h, LPWSABUF b, DWORD n, LPDWORD got, LPDWO
     if (ov) {
         if (!fs->associated)
             violate("WSARecv posted on a socket not associated with the port");
-        if (b[0].len != 0)
-            violate("an idle connection posted a receive with a buffer (%lu bytes)",
-                    (unsigned long)b[0].len);
         if (w.recv_fail) {
             DWORD e = w.recv_fail;
             w.recv_fail = 0;
             WSASetLastError((int)e);
             return SOCKET_ERROR;
         }
-        new_op(OP_RECV, ov, h)->len = b[0].len;
+        struct fop *op = new_op(OP_RECV, ov, h);
+        op->len = b[0].len;
+        op->rbuf = b[0].buf;
+        if (w.recv_at_once && (fs->in_off < fs->in_len || fs->peer_eof)) {
+            w.recv_at_once = 0;
+            *got = (DWORD)receive_into(fs, op);
+            complete_at_once(fs, op, *got);
+            return 0;
+        }
         WSASetLastError(WSA_IO_PENDING);
         return SOCKET_ERROR;
     }
     /* the non-blocking read after the zero-byte receive completed */
+    fs->nb_reads++;
     if (!fs->nonblocking)
         violate("a non-blocking read on a blocking socket");
     if (fs->read_error) {
@@ -501,11 +540,10 @@ static int WSAAPI fake_WSASend(SOCKET h, LPWSABUF b, DWORD n, LPDWORD sent, DWOR
     op->buf = b[0].buf;
     op->len = b[0].len;
     if (w.send_at_once) {
-        /* sent at once: the call returns 0 and the packet is queued all the same */
         w.send_at_once = 0;
         memcpy(fs->out + fs->out_len, op->buf, op->len);
         fs->out_len += op->len;
-        complete(op, op->len, 0);
+        complete_at_once(fs, op, op->len);
         if (sent)
             *sent = op->len;
         return 0;
@@ -534,6 +572,17 @@ static BOOL WSAAPI fake_WSAGetOverlappedResult(SOCKET h, LPWSAOVERLAPPED ov, LPD
         WSASetLastError((int)op->error);
         return FALSE;
     }
+    return TRUE;
+}
+
+static BOOL WINAPI fake_SetFileCompletionNotificationModes(HANDLE h, UCHAR flags)
+{
+    struct fsock *fs = open_sock((SOCKET)h, "SetFileCompletionNotificationModes");
+    if (!fs || w.skip_mode_fail) {
+        SetLastError(ERROR_INVALID_PARAMETER);
+        return FALSE;
+    }
+    fs->skip = (flags & FILE_SKIP_COMPLETION_PORT_ON_SUCCESS) != 0;
     return TRUE;
 }
 
@@ -636,6 +685,7 @@ static void setup(void)
     install("CreateIoCompletionPort", (void *)fake_CreateIoCompletionPort);
     install("GetQueuedCompletionStatusEx", (void *)fake_GetQueuedCompletionStatusEx);
     install("PostQueuedCompletionStatus", (void *)fake_PostQueuedCompletionStatus);
+    install("SetFileCompletionNotificationModes", (void *)fake_SetFileCompletionNotificationModes);
     ep_alloc_fail = NULL;
     stats_reset();
 }
@@ -716,12 +766,15 @@ static void peer_sends(struct fsock *fs, const char *data)
     fs->in_len += n;
 }
 
-/* The pending zero-byte receive of fs completes (data or EOF is there, or not). */
+/* The pending receive of fs completes: a zero-byte one says data or EOF is there (or
+ * not); a buffered one takes what the peer sent (0 bytes: EOF). */
 static void complete_recv(struct fsock *fs)
 {
     struct fop *op = pending_op(OP_RECV, fs->h);
     cr_assert_not_null(op, "no receive is posted on the socket");
-    complete(op, 0, 0);
+    cr_assert(op->len == 0 || fs->in_off < fs->in_len || fs->peer_eof,
+              "a buffered receive completes only with data or at EOF");
+    complete(op, (DWORD)receive_into(fs, op), 0);
 }
 
 /* The pending send of fs completes with n bytes, which the peer gets. */
