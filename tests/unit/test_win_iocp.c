@@ -1286,6 +1286,7 @@ Test(iocp, failure_the_port_refuses_is_still_reported_once)
 
 Test(iocp, send_completing_at_once_is_reported_once_through_the_port)
 {
+    w.skip_mode_fail = 1; /* the socket keeps its packets */
     start();
     struct fsock *fs = connected();
     w.send_at_once = 1;
@@ -1296,6 +1297,145 @@ Test(iocp, send_completing_at_once_is_reported_once_through_the_port)
     cr_assert_eq(stats_get(bytes_out), 5, "the send was reported once, through its packet");
     cr_assert_not_null(pending_op(OP_RECV, fs->h));
     cr_assert_eq(live_conns(), 1);
+    finish_and_check();
+}
+
+Test(iocp, receive_and_send_completing_at_once_on_a_skip_socket_are_reported_once)
+{
+    start();
+    struct fsock *fs = connected();
+    cr_assert(fs->skip, "accepted sockets are put in skip-on-success mode");
+    peer_sends(fs, "one");
+    complete_recv(fs);
+    pump();
+    peer_sends(fs, "two");
+    w.recv_at_once = 1;
+    complete_send(fs, 3);
+    pass(); /* the echo is done; the next receive finds "two" at once, no packet queued */
+    cr_assert_eq(w.recv_at_once, 0);
+    struct fop *send = pending_op(OP_SEND, fs->h);
+    cr_assert_not_null(send, "a receive that completed at once was not reported");
+    cr_assert_eq(memcmp(send->buf, "two", 3), 0);
+    w.send_at_once = 1;
+    complete_send(fs, 3); /* the next receive pends; nothing was queued for it */
+    pump();
+    cr_assert_eq(stats_get(bytes_in), 6, "each receive was reported once");
+    cr_assert_eq(fs->out_len, 6);
+    peer_sends(fs, "three");
+    w.send_at_once = 1;
+    complete_recv(fs);
+    pump(); /* the echo's send completes at once: reported from the done list, once */
+    cr_assert_eq(w.send_at_once, 0);
+    cr_assert_eq(stats_get(bytes_out), 11, "each send was reported once");
+    cr_assert_not_null(pending_op(OP_RECV, fs->h));
+    finish_and_check();
+}
+
+Test(iocp, receive_completing_at_once_without_skip_mode_is_reported_once_through_the_port)
+{
+    w.skip_mode_fail = 1;
+    start();
+    struct fsock *fs = connected();
+    cr_assert(!fs->skip);
+    peer_sends(fs, "one");
+    complete_recv(fs);
+    pump();
+    peer_sends(fs, "two");
+    w.recv_at_once = 1;
+    complete_send(fs, 3);
+    pump();
+    cr_assert_eq(w.recv_at_once, 0);
+    cr_assert_eq(stats_get(bytes_in), 6, "reported once, through its packet");
+    complete_send(fs, 3);
+    pump();
+    cr_assert_eq(fs->out_len, 6);
+    finish_and_check();
+}
+
+/* ---- receive modes ---- */
+
+/* fs, with a receive posted, receives `data` and echoes it; returns the next receive. */
+static struct fop *echo_once(struct fsock *fs, const char *data)
+{
+    peer_sends(fs, data);
+    complete_recv(fs);
+    pump();
+    struct fop *op = pending_op(OP_SEND, fs->h);
+    cr_assert_not_null(op, "the received bytes were not sent back");
+    complete_send(fs, op->len);
+    pump();
+    struct fop *next = pending_op(OP_RECV, fs->h);
+    cr_assert_not_null(next, "no receive after the echo");
+    return next;
+}
+
+Test(iocp, new_connection_receives_zero_byte_then_with_the_buffer_once_active)
+{
+    start();
+    struct fsock *fs = connected();
+    cr_assert_eq(pending_op(OP_RECV, fs->h)->len, 0, "a new connection holds no buffer");
+    struct fop *next = echo_once(fs, "first");
+    cr_assert_eq(fs->nb_reads, 1);
+    cr_assert_eq(next->len, w.cfg.buffer_size, "data seen: the next receive has the buffer");
+    next = echo_once(fs, "second");
+    cr_assert_eq(fs->nb_reads, 1, "a buffered receive needs no read after it");
+    cr_assert_eq(next->len, w.cfg.buffer_size);
+    cr_assert_eq(fs->out_len, 11);
+    cr_assert_eq(memcmp(fs->out, "firstsecond", 11), 0);
+    finish_and_check();
+}
+
+Test(iocp, active_connection_waiting_two_tick_periods_turns_idle_until_data)
+{
+    start();
+    struct fsock *fs = connected();
+    echo_once(fs, "warm");
+    iocp_test_tick_period(&w.srv);
+    struct fop *next = echo_once(fs, "one period");
+    cr_assert_eq(next->len, w.cfg.buffer_size, "one period of waiting keeps it active");
+    iocp_test_tick_period(&w.srv);
+    iocp_test_tick_period(&w.srv);
+    next = echo_once(fs, "two periods");
+    cr_assert_eq(next->len, 0, "a connection that waited two periods is idle: zero-byte");
+    next = echo_once(fs, "again");
+    cr_assert_eq(next->len, w.cfg.buffer_size, "data makes it active again");
+    cr_assert_eq(fs->nb_reads, 2);
+    finish_and_check();
+}
+
+Test(iocp, spurious_zero_byte_completion_keeps_the_connection_idle)
+{
+    start();
+    struct fsock *fs = connected();
+    complete_recv(fs); /* nothing there */
+    pump();
+    cr_assert_eq(pending_op(OP_RECV, fs->h)->len, 0, "found nothing: still zero-byte");
+    finish_and_check();
+}
+
+Test(iocp, eof_on_a_buffered_receive_closes_the_connection_once)
+{
+    start();
+    struct fsock *fs = connected();
+    cr_assert_eq(echo_once(fs, "data")->len, w.cfg.buffer_size);
+    fs->peer_eof = 1;
+    complete_recv(fs);
+    pump();
+    cr_assert_eq(fs->closes, 1);
+    cr_assert_eq(stats_get(ctx_free), 1);
+    finish_and_check();
+}
+
+Test(iocp, buffered_receive_failing_on_completion_is_a_close)
+{
+    start();
+    struct fsock *fs = connected();
+    struct fop *op = echo_once(fs, "data");
+    cr_assert_eq(op->len, w.cfg.buffer_size);
+    complete(op, 0, WSAECONNRESET);
+    pump();
+    cr_assert_eq(fs->closes, 1);
+    cr_assert_eq(stats_get(ctx_free), 1);
     finish_and_check();
 }
 
@@ -1445,5 +1585,62 @@ Test(iocp_faults, connreset_on_send_closes_the_connection_once)
         cr_assert_eq(stats_get(ctx_free), 1, "%s", text);
         finish_and_check();
         fault_disable();
+    }
+}
+
+/* Every fault kind on a connection in each receive mode (idle: zero-byte; active:
+ * buffered): it closes once or echoes what it got, and the next accept meets the plan;
+ * finish_and_check then holds (sockets, contexts, every operation completed once). */
+Test(iocp_faults, every_fault_kind_in_both_receive_modes_closes_once_or_echoes)
+{
+    static const char *kinds[] = {"connreset=1,sites=recv",
+                                  "zero_read=1,sites=recv",
+                                  "connreset=1,sites=send",
+                                  "partial_send=1,sites=send",
+                                  "alloc_fail=1,sites=alloc",
+                                  "accept_fail=1,sites=accept",
+                                  "setsockopt_fail=1,sites=setsockopt"};
+    int runs = 0;
+    for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+        for (int active = 0; active <= 1; active++) {
+            char text[96];
+            snprintf(text, sizeof(text), "seed=%d,%s", 3 + active, kinds[k]);
+            if (runs++ > 0)
+                setup();
+            plan("seed=1,nth=1000000"); /* the wrappers go in; nothing is injected yet */
+            start();
+            struct fsock *fs = connected();
+            if (active)
+                cr_assert_eq(echo_once(fs, "warm")->len, w.cfg.buffer_size, "%s", text);
+            fault_disable();
+            plan(text);
+            ep_alloc_fail = fault_alloc_fails; /* the "alloc" site, as main() wires it */
+            peer_sends(fs, "payload");
+            if (pending_op(OP_RECV, fs->h))
+                complete_recv(fs);
+            pump();
+            for (int i = 0; i < 64 && pending_op(OP_SEND, fs->h); i++) {
+                complete_send(fs, pending_op(OP_SEND, fs->h)->len);
+                pump();
+            }
+            struct fop *r = pending_op(OP_RECV, fs->h);
+            if (r && r->len == 0) {
+                complete_recv(fs); /* a fallback zero-byte receive: nothing is there */
+                pump();
+            }
+            size_t echoed = active ? 4 + 7 : 7;
+            if (fs->closes == 0)
+                cr_assert_eq(fs->out_len, echoed, "%s active=%d: open but not echoed", text,
+                             active);
+            cr_assert_leq(fs->closes, 1, "%s", text);
+            client_connects(); /* accepts and their socket options meet the plan */
+            pump();
+            uint64_t faults = 0;
+            for (int f = 0; f < FAULT_KINDS; f++)
+                faults += fault_count((enum fault_kind)f);
+            cr_assert_gt(faults, 0, "%s active=%d: nothing was injected", text, active);
+            finish_and_check();
+            fault_disable();
+        }
     }
 }
