@@ -38,10 +38,11 @@
 #include "fault.h"
 #include "net.h"
 
-#define KEY_IO 1   /* completions of socket operations (real or fabricated) */
-#define KEY_WAKE 2 /* wake packets: tick now */
-#define BATCH 64   /* completions dequeued per GetQueuedCompletionStatusEx */
-#define TICK_MS 50 /* tick period; the contract asks for at most 100 ms */
+#define KEY_IO 1     /* completions of socket operations (real or fabricated) */
+#define KEY_WAKE 2   /* wake packets: tick now */
+#define BATCH 64     /* completions dequeued per GetQueuedCompletionStatusEx, at most */
+#define GROW_AFTER 4 /* full dequeues in a row before asking for more */
+#define TICK_MS 50   /* tick period; the contract asks for at most 100 ms */
 #define BACKOFF_MAX_MS 1000
 #define DESTROY_DRAIN_MS 2000
 /* AcceptEx wants each address slot 16 bytes larger than the largest address. */
@@ -425,7 +426,9 @@ static void iocp_recv(struct conn *c)
     post_recv(c->srv->bk_state, c, conn_bk(c));
 }
 
-/* bk send: posts an overlapped send of buf[0..len). c->lock held. */
+/* bk send: sends buf[0..len) at once if the socket takes it (the non-blocking call
+ * needs no completion packet, so it is reported from the done list), else posts an
+ * overlapped send. Both are the same operation: one report. c->lock held. */
 static void iocp_send(struct conn *c, const char *buf, size_t len)
 {
     struct iocp *b = c->srv->bk_state;
@@ -438,10 +441,18 @@ static void iocp_send(struct conn *c, const char *buf, size_t len)
     }
     DWORD sent = 0;
     shim_ctx_set(c->id, c->send_ops);
-    int rc = shim_WSASend(ic->sock, &wb, 1, &sent, 0, &ic->sreq.ov, NULL);
+    int rc = shim_WSASend(ic->sock, &wb, 1, &sent, 0, NULL, NULL);
     DWORD err = rc == 0 ? 0 : (DWORD)WSAGetLastError();
+    if (rc == 0) {
+        queue_done(&ic->sreq, sent);
+    } else if (err != WSAEWOULDBLOCK) {
+        fail_via_port(b, &ic->sreq, err);
+    } else {
+        rc = shim_WSASend(ic->sock, &wb, 1, &sent, 0, &ic->sreq.ov, NULL);
+        err = rc == 0 ? 0 : (DWORD)WSAGetLastError();
+        posted(b, ic, &ic->sreq, rc, err, sent);
+    }
     shim_ctx_clear();
-    posted(b, ic, &ic->sreq, rc, err, sent);
 }
 
 /* Reads what the completed zero-byte receive of c announced, without blocking: the
@@ -574,7 +585,24 @@ struct loop_state {
     int64_t last_tick;
     int retry_in;    /* ms until the next accept re-post is due (INT_MAX: none) */
     int always_tick; /* tick after every pass (the test hook's passes) */
+    ULONG ask;       /* completions the next dequeue asks for (see next_ask) */
+    int full;        /* dequeues in a row that filled what they asked for */
 };
+
+/* Sizes the next dequeue after one that returned n: as many as came last time, and
+ * twice that after GROW_AFTER full ones in a row. Asking for more than is queued
+ * costs a last, empty look at the port (a server round trip each under Wine);
+ * asking for fewer costs only a pass without waiting. */
+static void next_ask(struct loop_state *ls, ULONG n)
+{
+    if (n < ls->ask) {
+        ls->ask = n > 0 ? n : 1;
+        ls->full = 0;
+    } else if (++ls->full >= GROW_AFTER) {
+        ls->ask = ls->ask * 2 > BATCH ? BATCH : ls->ask * 2;
+        ls->full = 0;
+    }
+}
 
 /* One pass of a worker's loop: dequeue a batch (waiting at most until the next tick,
  * the next due re-post or max_wait ms), dispatch it, tick when due, re-post due
@@ -595,7 +623,7 @@ static int worker_pass(struct server *s, int w, struct loop_state *ls, int64_t m
     if (atomic_load(&b->ndeferred) > 0 || done_list)
         wait = 0;
     ULONG n = 0;
-    if (!shim_GetQueuedCompletionStatusEx(b->port, ev, BATCH, &n, (DWORD)wait, FALSE)) {
+    if (!shim_GetQueuedCompletionStatusEx(b->port, ev, ls->ask, &n, (DWORD)wait, FALSE)) {
         DWORD e = GetLastError();
         n = 0;
         if (e == ERROR_ABANDONED_WAIT_0 || e == ERROR_INVALID_HANDLE) {
@@ -604,6 +632,7 @@ static int worker_pass(struct server *s, int w, struct loop_state *ls, int64_t m
             return -1;
         }
     }
+    next_ask(ls, n);
     int woken = 0;
     for (ULONG i = 0; i < n; i++) {
         if (ev[i].lpCompletionKey == KEY_WAKE)
@@ -632,7 +661,7 @@ static int worker_pass(struct server *s, int w, struct loop_state *ls, int64_t m
 static void worker_main(void *p)
 {
     struct worker_arg *a = p;
-    struct loop_state ls = {ep_now_ms(), INT_MAX, 0};
+    struct loop_state ls = {ep_now_ms(), INT_MAX, 0, BATCH, 0};
     srv_tick(a->s, a->index);
     while (worker_pass(a->s, a->index, &ls, INT_MAX) == 0) {
     }
@@ -641,7 +670,7 @@ static void worker_main(void *p)
 /* Test hook (backend_iocp.h): one pass of worker w's loop on the calling thread. */
 int iocp_test_pass(struct server *s, int w, unsigned max_wait_ms)
 {
-    struct loop_state ls = {ep_now_ms(), run_retries(s->bk_state, s), 1};
+    struct loop_state ls = {ep_now_ms(), run_retries(s->bk_state, s), 1, BATCH, 0};
     return worker_pass(s, w, &ls, (int64_t)max_wait_ms);
 }
 

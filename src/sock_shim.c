@@ -248,13 +248,20 @@ static int WSAAPI fault_WSARecv(SOCKET s, LPWSABUF b, DWORD n, LPDWORD got, LPDW
 }
 
 /* WSASend under a plan: connreset at once or on completion; partial_send issues the
- * real send with fewer bytes (1 + aux % (len - 1)), so the completion is short. */
+ * real send with fewer bytes (1 + aux % (len - 1)), so the completion is short. A
+ * non-blocking send (the backend's try before an overlapped one) that would block
+ * injected nothing, and a reset "on completion" makes it would-block: the overlapped
+ * send of the same operation meets the same decision, and one of the two records it. */
 static int WSAAPI fault_WSASend(SOCKET s, LPWSABUF b, DWORD n, LPDWORD sent, DWORD flags,
                                 LPWSAOVERLAPPED ov, LPWSAOVERLAPPED_COMPLETION_ROUTINE fn)
 {
     shim_WSASend_fn real = (shim_WSASend_fn)below[SHIM_WSASend];
     uint64_t aux;
     enum fault_kind kind = decide(FAULT_SITE_SEND, &aux);
+    if (kind == FAULT_CONNRESET && !ov && (aux & 1)) {
+        WSASetLastError(WSAEWOULDBLOCK); /* the reset comes with the overlapped send */
+        return SOCKET_ERROR;
+    }
     if (kind == FAULT_CONNRESET) {
         fault_record(FAULT_SITE_SEND, shim_ctx.conn, shim_ctx.op, kind, WSAECONNRESET);
         if (!ov || !(aux & 1) || !complete_later(ov, WSAECONNRESET))
@@ -264,8 +271,12 @@ static int WSAAPI fault_WSASend(SOCKET s, LPWSABUF b, DWORD n, LPDWORD sent, DWO
     if (kind == FAULT_PARTIAL_SEND && n == 1 && b[0].len >= 2) {
         WSABUF shorter = b[0];
         shorter.len = (ULONG)(1 + aux % (b[0].len - 1));
-        fault_record(FAULT_SITE_SEND, shim_ctx.conn, shim_ctx.op, kind, 0);
-        return real(s, &shorter, 1, sent, flags, ov, fn);
+        int rc = real(s, &shorter, 1, sent, flags, ov, fn);
+        int err = WSAGetLastError();
+        if (rc == 0 || err != WSAEWOULDBLOCK)
+            fault_record(FAULT_SITE_SEND, shim_ctx.conn, shim_ctx.op, kind, 0);
+        WSASetLastError(err);
+        return rc;
     }
     return real(s, b, n, sent, flags, ov, fn);
 }

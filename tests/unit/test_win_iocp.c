@@ -62,6 +62,7 @@ struct fsock {
     int nonblocking;
     int skip;            /* FILE_SKIP_COMPLETION_PORT_ON_SUCCESS was set */
     int nb_reads;        /* non-blocking reads (after a zero-byte receive) */
+    int nb_sends;        /* non-blocking sends (tried before an overlapped one) */
     int accepted;        /* an AcceptEx completed successfully on it */
     int ctx_updated;     /* SO_UPDATE_ACCEPT_CONTEXT was set */
     char in[PEER_BYTES]; /* what the peer sent */
@@ -120,7 +121,8 @@ static struct {
     int associate_fail;         /* this many next socket-to-port associations fail */
     DWORD recv_fail;            /* the next overlapped WSARecv fails at once with it */
     DWORD send_fail;            /* the next WSASend fails at once with it */
-    int send_at_once;           /* the next WSASend succeeds at once */
+    int send_at_once;           /* the next non-blocking WSASend takes every byte */
+    int posted_send_at_once;    /* the next overlapped WSASend completes at once */
     int recv_at_once;           /* the next overlapped WSARecv finds what is there at once */
     int skip_mode_fail;         /* SetFileCompletionNotificationModes fails */
     int post_fail;              /* this many next fabricated completions the port refuses */
@@ -523,24 +525,39 @@ static int WSAAPI fake_WSASend(SOCKET h, LPWSABUF b, DWORD n, LPDWORD sent, DWOR
         WSASetLastError(WSAENOTSOCK);
         return SOCKET_ERROR;
     }
-    if (fn || n != 1 || !ov) {
-        violate("WSASend: a completion routine, several buffers or no OVERLAPPED");
+    if (fn || n != 1) {
+        violate("WSASend: a completion routine or several buffers");
         WSASetLastError(WSAEINVAL);
         return SOCKET_ERROR;
     }
     if (!fs->associated)
-        violate("WSASend posted on a socket not associated with the port");
+        violate("WSASend on a socket not associated with the port");
     if (w.send_fail) {
         DWORD e = w.send_fail;
         w.send_fail = 0;
         WSASetLastError((int)e);
         return SOCKET_ERROR;
     }
+    if (!ov) {
+        /* a non-blocking send: the socket takes it all if scripted, else nothing */
+        if (!fs->nonblocking)
+            violate("a non-blocking send on a blocking socket");
+        fs->nb_sends++;
+        if (!w.send_at_once) {
+            WSASetLastError(WSAEWOULDBLOCK);
+            return SOCKET_ERROR;
+        }
+        w.send_at_once = 0;
+        memcpy(fs->out + fs->out_len, b[0].buf, b[0].len);
+        fs->out_len += b[0].len;
+        *sent = b[0].len;
+        return 0;
+    }
     struct fop *op = new_op(OP_SEND, ov, h);
     op->buf = b[0].buf;
     op->len = b[0].len;
-    if (w.send_at_once) {
-        w.send_at_once = 0;
+    if (w.posted_send_at_once) {
+        w.posted_send_at_once = 0;
         memcpy(fs->out + fs->out_len, op->buf, op->len);
         fs->out_len += op->len;
         complete_at_once(fs, op, op->len);
@@ -1289,11 +1306,11 @@ Test(iocp, send_completing_at_once_is_reported_once_through_the_port)
     w.skip_mode_fail = 1; /* the socket keeps its packets */
     start();
     struct fsock *fs = connected();
-    w.send_at_once = 1;
+    w.posted_send_at_once = 1;
     peer_sends(fs, "quick");
     complete_recv(fs);
     pump();
-    cr_assert_eq(w.send_at_once, 0);
+    cr_assert_eq(w.posted_send_at_once, 0);
     cr_assert_eq(stats_get(bytes_out), 5, "the send was reported once, through its packet");
     cr_assert_not_null(pending_op(OP_RECV, fs->h));
     cr_assert_eq(live_conns(), 1);
@@ -1316,18 +1333,36 @@ Test(iocp, receive_and_send_completing_at_once_on_a_skip_socket_are_reported_onc
     struct fop *send = pending_op(OP_SEND, fs->h);
     cr_assert_not_null(send, "a receive that completed at once was not reported");
     cr_assert_eq(memcmp(send->buf, "two", 3), 0);
-    w.send_at_once = 1;
     complete_send(fs, 3); /* the next receive pends; nothing was queued for it */
     pump();
     cr_assert_eq(stats_get(bytes_in), 6, "each receive was reported once");
     cr_assert_eq(fs->out_len, 6);
     peer_sends(fs, "three");
-    w.send_at_once = 1;
+    w.posted_send_at_once = 1;
     complete_recv(fs);
-    pump(); /* the echo's send completes at once: reported from the done list, once */
-    cr_assert_eq(w.send_at_once, 0);
+    pump(); /* the echo's overlapped send completes at once: from the done list, once */
+    cr_assert_eq(w.posted_send_at_once, 0);
     cr_assert_eq(stats_get(bytes_out), 11, "each send was reported once");
     cr_assert_not_null(pending_op(OP_RECV, fs->h));
+    finish_and_check();
+}
+
+Test(iocp, send_the_socket_takes_at_once_is_reported_once_without_an_overlapped_send)
+{
+    start();
+    struct fsock *fs = connected();
+    peer_sends(fs, "now");
+    w.send_at_once = 1;
+    complete_recv(fs);
+    pass(); /* the echo is sent by the non-blocking call and reported after it */
+    cr_assert_eq(w.send_at_once, 0);
+    cr_assert_eq(fs->nb_sends, 1);
+    cr_assert_null(pending_op(OP_SEND, fs->h), "nothing was left for an overlapped send");
+    cr_assert_eq(stats_get(bytes_out), 3, "reported once");
+    cr_assert_eq(fs->out_len, 3);
+    cr_assert_not_null(pending_op(OP_RECV, fs->h), "the next receive is posted");
+    for (int i = 0; i < w.nops; i++)
+        cr_assert_neq(w.ops[i].kind, OP_SEND, "an overlapped send was posted");
     finish_and_check();
 }
 
