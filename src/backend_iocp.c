@@ -6,21 +6,26 @@
  * Receive modes: a new or idle connection posts a zero-byte WSARecv, so it holds no
  * data buffer, and reads what arrived with a non-blocking WSARecv once it completes.
  * A connection whose last receive found data is active: it posts its next receive
- * with the core's buffer (one call and no wake-up less per message). It turns idle
- * again when a receive finds nothing, or when a receive waited IDLE_TICKS ticks.
+ * with the core's buffer, one call less per message. It turns idle again when a
+ * buffered receive waited IDLE_TICKS tick periods: that receive holds the buffer
+ * while it waits (the core has no call to take it back), so a connection that falls
+ * silent while active keeps one buffer until its next data or its close.
  *
- * Sockets are put in skip-on-success mode (FILE_SKIP_COMPLETION_PORT_ON_SUCCESS):
- * an operation that completes at once queues no packet. The posting call must not
- * report it (backend.h), so it goes on the posting thread's done list, which that
- * thread's worker loop drains after each batch. A socket the mode could not be set
- * on gets its packets as before (ic->skip == 0).
+ * Sends: tried non-blocking first; only one the socket cannot take at once is posted
+ * overlapped. Sockets are put in skip-on-success mode
+ * (FILE_SKIP_COMPLETION_PORT_ON_SUCCESS): an overlapped call that completes at once
+ * queues no packet. Neither may be reported by the posting call (backend.h), so both
+ * go on the posting thread's done list, which that thread's worker loop drains after
+ * each batch. A socket the mode could not be set on gets its packets (ic->skip == 0).
  *
  * Locking: the core calls recv/send/cancel with c->lock held; completions take
  * c->lock only while they touch the socket (the read after a zero-byte receive, the
  * error of a failed operation), so cancel cannot close it (and a new socket take
  * over its handle value) under their feet, and release it before calling conn_on_*.
- * A successful send or buffered receive touches nothing of c's: no lock. The
- * listener and the accept requests are under accept_lock. */
+ * A successful send or buffered receive does not touch the socket: no lock (the
+ * receive mode is written only by the completion of the one receive in flight, and
+ * read by the next post, which the core makes after that completion). The listener
+ * and the accept requests are under accept_lock. */
 #ifdef _WIN32
 
 #include "sock_shim.h"
@@ -294,9 +299,11 @@ static int run_retries(struct iocp *b, struct server *s)
 }
 
 /* Hands an accepted socket to the core: port, non-blocking (for the read after a
- * zero-byte receive), no Nagle, a context, the first receive. */
+ * zero-byte receive and the send tried before posting one), no Nagle, skip-on-success,
+ * a context, the first receive. */
 static void serve_accepted(struct iocp *b, struct server *s, int w, SOCKET as)
 {
+    const UCHAR modes = FILE_SKIP_COMPLETION_PORT_ON_SUCCESS | FILE_SKIP_SET_EVENT_ON_HANDLE;
     u_long nonblocking = 1;
     BOOL one = TRUE;
     if (!shim_CreateIoCompletionPort((HANDLE)as, b->port, KEY_IO, 0) ||
@@ -308,10 +315,7 @@ static void serve_accepted(struct iocp *b, struct server *s, int w, SOCKET as)
     /* latency only: a failure here is harmless */
     shim_setsockopt(as, IPPROTO_TCP, TCP_NODELAY, (const char *)&one, sizeof(one));
     /* speed only: without it every completion comes through the port */
-    int skip = shim_SetFileCompletionNotificationModes(
-                   (HANDLE)as, FILE_SKIP_COMPLETION_PORT_ON_SUCCESS | FILE_SKIP_SET_EVENT_ON_HANDLE)
-                   ? 1
-                   : 0;
+    int skip = shim_SetFileCompletionNotificationModes((HANDLE)as, modes) != 0;
     struct conn *c = srv_conn_new(s, w);
     if (!c) {
         close_socket(&as); /* refused: max-conns, stopping or no memory */

@@ -18,6 +18,11 @@
  *   set, which the system never produces, so it cannot be mistaken for a real one.
  *   A receive the shim ends with SHIM_STATUS(WSAEDISCON) is a zero_read fault: the
  *   backend reports it as 0 bytes (the peer closed), the socket untouched.
+ * - SetFileCompletionNotificationModes is an entry too: a fake kernel must model
+ *   skip-on-success (a call that completes at once returns 0 and queues nothing).
+ * - The backend tries a send non-blocking before posting it overlapped, with the
+ *   same context: the send wrapper injects and records one fault per operation (a
+ *   try that would block, or a reset due "on completion", leaves it to the post).
  */
 #ifndef EP_SOCK_SHIM_H
 #define EP_SOCK_SHIM_H
