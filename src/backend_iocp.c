@@ -372,8 +372,9 @@ static void on_accept_done(struct iocp *b, struct server *s, int w, struct accep
 
 /* ---- receive and send ---- */
 
-/* Reports r from this thread's worker loop: it completed at once with `bytes` on a
- * skip-on-success socket, so no packet comes for it. */
+/* Reports r from this thread's worker loop: it completed inside its call with
+ * `bytes` (a non-blocking send, or an overlapped call on a skip-on-success socket),
+ * so no packet comes for it. */
 static void queue_done(struct req *r, DWORD bytes)
 {
     r->ov.Internal = 0; /* STATUS_SUCCESS, as the system leaves it */
@@ -490,8 +491,8 @@ static int read_after_zero_recv(struct iocp *b, struct conn *c, struct iocp_conn
 }
 
 /* A receive of c completed. A buffered one that succeeded reports its bytes (0: the
- * peer closed) without the lock, and makes c idle if it waited IDLE_TICKS ticks; a
- * zero-byte one reads what is there. Then the core gets the result. */
+ * peer closed) without the lock, and makes c idle if it waited IDLE_TICKS tick
+ * periods; a zero-byte one reads what is there. Then the core gets the result. */
 static void on_recv_done(struct iocp *b, struct req *r, DWORD bytes)
 {
     struct iocp_conn *ic = container_of(r, struct iocp_conn, rreq);
