@@ -1,12 +1,31 @@
 /* backend_iocp.c - the Windows backend: one completion port, N worker threads,
- * pre-posted AcceptEx, zero-byte WSARecv, overlapped WSASend (after nginx's
- * ngx_iocp_module.c and libuv's src/win/tcp.c). Every socket and port call goes
- * through sock_shim so fault plans and tests can replace it.
+ * pre-posted AcceptEx, overlapped WSARecv / WSASend (after nginx's ngx_iocp_module.c
+ * and libuv's src/win/tcp.c). Every socket and port call goes through sock_shim so
+ * fault plans and tests can replace it.
+ *
+ * Receive modes: a new or idle connection posts a zero-byte WSARecv, so it holds no
+ * data buffer, and reads what arrived with a non-blocking WSARecv once it completes.
+ * A connection whose last receive found data is active: it posts its next receive
+ * with the core's buffer, one call less per message. It turns idle again when a
+ * buffered receive waited IDLE_TICKS tick periods: that receive holds the buffer
+ * while it waits (the core has no call to take it back), so a connection that falls
+ * silent while active keeps one buffer until its next data or its close.
+ *
+ * Sends: tried non-blocking first; only one the socket cannot take at once is posted
+ * overlapped. Sockets are put in skip-on-success mode
+ * (FILE_SKIP_COMPLETION_PORT_ON_SUCCESS): an overlapped call that completes at once
+ * queues no packet. Neither may be reported by the posting call (backend.h), so both
+ * go on the posting thread's done list, which that thread's worker loop drains after
+ * each batch. A socket the mode could not be set on gets its packets (ic->skip == 0).
  *
  * Locking: the core calls recv/send/cancel with c->lock held; completions take
- * c->lock only while they touch the socket, so cancel cannot close it (and a new
- * socket take over its handle value) under their feet, and release it before
- * calling conn_on_*. The listener and the accept requests are under accept_lock. */
+ * c->lock only while they touch the socket (the read after a zero-byte receive, the
+ * error of a failed operation), so cancel cannot close it (and a new socket take
+ * over its handle value) under their feet, and release it before calling conn_on_*.
+ * A successful send or buffered receive does not touch the socket: no lock (the
+ * receive mode is written only by the completion of the one receive in flight, and
+ * read by the next post, which the core makes after that completion). The listener
+ * and the accept requests are under accept_lock. */
 #ifdef _WIN32
 
 #include "sock_shim.h"
@@ -24,13 +43,15 @@
 #include "fault.h"
 #include "net.h"
 
-#define KEY_IO 1   /* completions of socket operations (real or fabricated) */
-#define KEY_WAKE 2 /* wake packets: tick now */
-#define BATCH 64   /* completions dequeued per GetQueuedCompletionStatusEx */
+#define KEY_IO 1     /* completions of socket operations (real or fabricated) */
+#define KEY_WAKE 2   /* wake packets: tick now */
+#define BATCH 64     /* completions dequeued per GetQueuedCompletionStatusEx, at most */
+#define GROW_AFTER 4 /* full dequeues in a row before asking for more */
 #define DESTROY_DRAIN_MS 2000
 /* AcceptEx wants each address slot 16 bytes larger than the largest address. */
 #define ACCEPT_ADDR_LEN ((DWORD)sizeof(struct sockaddr_storage) + 16)
 #define MAX_IO_LEN 0x40000000u /* one WSABUF at most; the core finishes short sends */
+#define IDLE_TICKS 2           /* a buffered receive pending this many ticks of worker 0: idle */
 
 enum req_kind { REQ_ACCEPT, REQ_RECV, REQ_SEND };
 
@@ -38,7 +59,7 @@ enum req_kind { REQ_ACCEPT, REQ_RECV, REQ_SEND };
 struct req {
     OVERLAPPED ov;
     int kind;
-    struct req *next_deferred; /* on iocp.deferred when its failure could not be posted */
+    struct req *next; /* on iocp.deferred (a failure the port refused) or a done list */
 };
 
 enum accept_state { AS_IDLE, AS_POSTED, AS_RETRY, AS_DEAD };
@@ -56,7 +77,11 @@ struct accept_req {
 /* The backend's part of a connection (conn_bk). */
 struct iocp_conn {
     SOCKET sock;
-    int closed; /* cancel/release closed sock (under c->lock) */
+    int closed;    /* cancel/release closed sock (under c->lock) */
+    int skip;      /* sock is in skip-on-success mode */
+    int active;    /* the next receive gets a buffer (under c->lock) */
+    int buffered;  /* the posted receive has a buffer */
+    int64_t rtick; /* iocp.ticks when the buffered receive was posted */
     struct req rreq, sreq;
 };
 
@@ -73,8 +98,13 @@ struct iocp {
     CRITICAL_SECTION deferred_lock;
     struct req *deferred; /* failures PostQueuedCompletionStatus could not queue */
     atomic_int ndeferred;
+    atomic_llong ticks; /* ticks of worker 0: the clock of the idle decision */
     int wsa_started;
 };
+
+/* Operations that completed at once on a skip-on-success socket, posted by this
+ * thread: its worker loop reports them (never the posting call, backend.h). */
+static _Thread_local struct req *done_list;
 
 /* Translates a Win32/Winsock error to an EP_E* code (the one translate_error). */
 static int translate_error(DWORD e)
@@ -126,6 +156,13 @@ static void close_socket(SOCKET *sock)
     }
 }
 
+/* Whether a dequeued request succeeded: NT_SUCCESS of its status (a fabricated
+ * status is an error one). */
+static int req_succeeded(const struct req *r)
+{
+    return (LONG)(DWORD)r->ov.Internal >= 0;
+}
+
 /* The Winsock error of a dequeued request, 0 on success. Fabricated failures carry
  * their code in ov.Internal; real ones are read back with WSAGetOverlappedResult,
  * which maps the NTSTATUS (a reset shows as WSAECONNRESET there, where
@@ -135,7 +172,7 @@ static DWORD req_error(struct req *r, SOCKET sock)
     ULONG_PTR st = r->ov.Internal;
     if (SHIM_STATUS_IS_FABRICATED(st))
         return SHIM_STATUS_ERROR(st);
-    if ((LONG)(DWORD)st >= 0) /* NT_SUCCESS */
+    if (req_succeeded(r))
         return 0;
     if (sock == INVALID_SOCKET)
         return ERROR_OPERATION_ABORTED;
@@ -156,7 +193,7 @@ static void fail_via_port(struct iocp *b, struct req *r, DWORD err)
         return;
     /* the port could not take it: a worker picks it up on its next loop */
     EnterCriticalSection(&b->deferred_lock);
-    r->next_deferred = b->deferred;
+    r->next = b->deferred;
     b->deferred = r;
     atomic_fetch_add(&b->ndeferred, 1);
     LeaveCriticalSection(&b->deferred_lock);
@@ -208,7 +245,7 @@ static void post_accept_locked(struct iocp *b, struct accept_req *ar)
     DWORD err = ok ? 0 : (DWORD)WSAGetLastError();
     shim_ctx_clear();
     if (ok || err == ERROR_IO_PENDING)
-        return; /* a completion comes either way: no skip-on-success mode is set */
+        return; /* a completion comes either way: the listener does not skip the port */
     /* failed at once: no completion will come */
     atomic_fetch_sub(&b->accepts_posted, 1);
     close_socket(&ar->sock);
@@ -245,9 +282,11 @@ static int run_retries(struct iocp *b, struct server *s)
 }
 
 /* Hands an accepted socket to the core: port, non-blocking (for the read after a
- * zero-byte receive), no Nagle, a context, the first receive. */
+ * zero-byte receive and the send tried before posting one), no Nagle, skip-on-success,
+ * a context, the first receive. */
 static void serve_accepted(struct iocp *b, struct server *s, int w, SOCKET as)
 {
+    const UCHAR modes = FILE_SKIP_COMPLETION_PORT_ON_SUCCESS | FILE_SKIP_SET_EVENT_ON_HANDLE;
     u_long nonblocking = 1;
     BOOL one = TRUE;
     if (!shim_CreateIoCompletionPort((HANDLE)as, b->port, KEY_IO, 0) ||
@@ -258,6 +297,8 @@ static void serve_accepted(struct iocp *b, struct server *s, int w, SOCKET as)
     }
     /* latency only: a failure here is harmless */
     shim_setsockopt(as, IPPROTO_TCP, TCP_NODELAY, (const char *)&one, sizeof(one));
+    /* speed only: without it every completion comes through the port */
+    int skip = shim_SetFileCompletionNotificationModes((HANDLE)as, modes) != 0;
     struct conn *c = srv_conn_new(s, w);
     if (!c) {
         close_socket(&as); /* refused: max-conns, stopping or no memory */
@@ -266,6 +307,8 @@ static void serve_accepted(struct iocp *b, struct server *s, int w, SOCKET as)
     struct iocp_conn *ic = conn_bk(c);
     ic->sock = as;
     ic->closed = 0;
+    ic->skip = skip;
+    ic->active = 0;
     ic->rreq.kind = REQ_RECV;
     ic->sreq.kind = REQ_SEND;
     conn_start(c);
@@ -312,33 +355,68 @@ static void on_accept_done(struct iocp *b, struct server *s, int w, struct accep
 
 /* ---- receive and send ---- */
 
-/* Posts the zero-byte receive of c: an idle connection holds no buffer; data is read
+/* Reports r from this thread's worker loop: it completed inside its call with
+ * `bytes` (a non-blocking send, or an overlapped call on a skip-on-success socket),
+ * so no packet comes for it. */
+static void queue_done(struct req *r, DWORD bytes)
+{
+    r->ov.Internal = 0; /* STATUS_SUCCESS, as the system leaves it */
+    r->ov.InternalHigh = bytes;
+    r->next = done_list;
+    done_list = r;
+}
+
+/* Routes the outcome of posting r (rc, err; `bytes` if it completed at once): a
+ * pending call completes through the port, and so does one that completed at once
+ * unless the socket skips the port on success; a failure is queued as one. */
+static void posted(struct iocp *b, struct iocp_conn *ic, struct req *r, int rc, DWORD err,
+                   DWORD bytes)
+{
+    if (rc == 0) {
+        if (ic->skip)
+            queue_done(r, bytes);
+    } else if (err != WSA_IO_PENDING) {
+        fail_via_port(b, r, err);
+    }
+}
+
+/* Posts the receive of c: into the core's buffer when c is active (and the buffer
+ * can be had), else zero-byte, so an idle connection holds no buffer and data is read
  * when it completes. c->lock held. */
-static void post_zero_recv(struct iocp *b, struct conn *c, struct iocp_conn *ic)
+static void post_recv(struct iocp *b, struct conn *c, struct iocp_conn *ic)
 {
     static char none[1];
     WSABUF wb = {0, none};
-    DWORD flags = 0;
+    size_t cap = 0;
     memset(&ic->rreq.ov, 0, sizeof(ic->rreq.ov));
     if (ic->closed) {
         fail_via_port(b, &ic->rreq, ERROR_OPERATION_ABORTED);
         return;
     }
+    char *buf = ic->active ? conn_recv_buffer(c, &cap) : NULL;
+    ic->buffered = buf != NULL;
+    if (buf) {
+        wb.len = cap > MAX_IO_LEN ? MAX_IO_LEN : (ULONG)cap;
+        wb.buf = buf;
+        ic->rtick = atomic_load_explicit(&b->ticks, memory_order_relaxed);
+    }
+    DWORD got = 0, flags = 0;
     shim_ctx_set(c->id, c->recv_ops);
-    int rc = shim_WSARecv(ic->sock, &wb, 1, NULL, &flags, &ic->rreq.ov, NULL);
+    int rc = shim_WSARecv(ic->sock, &wb, 1, &got, &flags, &ic->rreq.ov, NULL);
     DWORD err = rc == 0 ? 0 : (DWORD)WSAGetLastError();
     shim_ctx_clear();
-    if (rc != 0 && err != WSA_IO_PENDING)
-        fail_via_port(b, &ic->rreq, err);
+    posted(b, ic, &ic->rreq, rc, err, got);
 }
 
 /* bk recv: posts a receive. c->lock held. */
 static void iocp_recv(struct conn *c)
 {
-    post_zero_recv(c->srv->bk_state, c, conn_bk(c));
+    post_recv(c->srv->bk_state, c, conn_bk(c));
 }
 
-/* bk send: posts an overlapped send of buf[0..len). c->lock held. */
+/* bk send: sends buf[0..len) at once if the socket takes it (the non-blocking call
+ * needs no completion packet, so it is reported from the done list), else posts an
+ * overlapped send. Both are the same operation: one report. c->lock held. */
 static void iocp_send(struct conn *c, const char *buf, size_t len)
 {
     struct iocp *b = c->srv->bk_state;
@@ -349,21 +427,66 @@ static void iocp_send(struct conn *c, const char *buf, size_t len)
         fail_via_port(b, &ic->sreq, ERROR_OPERATION_ABORTED);
         return;
     }
+    DWORD sent = 0;
     shim_ctx_set(c->id, c->send_ops);
-    int rc = shim_WSASend(ic->sock, &wb, 1, NULL, 0, &ic->sreq.ov, NULL);
+    int rc = shim_WSASend(ic->sock, &wb, 1, &sent, 0, NULL, NULL);
     DWORD err = rc == 0 ? 0 : (DWORD)WSAGetLastError();
-    shim_ctx_clear();
-    if (rc != 0 && err != WSA_IO_PENDING)
+    if (rc == 0) {
+        queue_done(&ic->sreq, sent);
+    } else if (err != WSAEWOULDBLOCK) {
         fail_via_port(b, &ic->sreq, err);
+    } else {
+        rc = shim_WSASend(ic->sock, &wb, 1, &sent, 0, &ic->sreq.ov, NULL);
+        err = rc == 0 ? 0 : (DWORD)WSAGetLastError();
+        posted(b, ic, &ic->sreq, rc, err, sent);
+    }
+    shim_ctx_clear();
 }
 
-/* The zero-byte receive of c completed: read what is there without blocking, or
- * post it again if nothing is (still the same operation), then report. */
-static void on_recv_done(struct iocp *b, struct req *r)
+/* Reads what the completed zero-byte receive of c announced, without blocking: the
+ * byte count, or 1 after posting the receive again when nothing is there (still the
+ * same operation: nothing to report). Data makes c active. c->lock held. */
+static int read_after_zero_recv(struct iocp *b, struct conn *c, struct iocp_conn *ic, long *n)
+{
+    size_t cap;
+    char *buf = conn_recv_buffer(c, &cap);
+    if (!buf) {
+        *n = EP_ENOMEM;
+        return 0;
+    }
+    WSABUF wb = {cap > MAX_IO_LEN ? MAX_IO_LEN : (ULONG)cap, buf};
+    DWORD got = 0, flags = 0;
+    shim_ctx_set(c->id, c->recv_ops);
+    int rc = shim_WSARecv(ic->sock, &wb, 1, &got, &flags, NULL, NULL);
+    DWORD e = rc == 0 ? 0 : (DWORD)WSAGetLastError();
+    shim_ctx_clear();
+    if (rc == 0) {
+        *n = (long)got; /* 0: the peer closed its side */
+        ic->active = got > 0;
+        return 0;
+    }
+    if (e == WSAEWOULDBLOCK) {
+        post_recv(b, c, ic);
+        return 1;
+    }
+    *n = translate_error(e);
+    return 0;
+}
+
+/* A receive of c completed. A buffered one that succeeded reports its bytes (0: the
+ * peer closed) without the lock, and makes c idle if it waited IDLE_TICKS tick
+ * periods; a zero-byte one reads what is there. Then the core gets the result. */
+static void on_recv_done(struct iocp *b, struct req *r, DWORD bytes)
 {
     struct iocp_conn *ic = container_of(r, struct iocp_conn, rreq);
     struct conn *c = conn_from_bk(ic);
     long n;
+    if (ic->buffered && req_succeeded(r)) {
+        if (atomic_load_explicit(&b->ticks, memory_order_relaxed) - ic->rtick >= IDLE_TICKS)
+            ic->active = 0;
+        conn_on_recv(c, (long)bytes);
+        return;
+    }
     ep_mutex_lock(&c->lock);
     DWORD err = req_error(r, ic->sock);
     if (ic->closed) {
@@ -372,38 +495,24 @@ static void on_recv_done(struct iocp *b, struct req *r)
         n = 0; /* a graceful disconnect (the zero_read fault): as if the peer closed */
     } else if (err) {
         n = translate_error(err);
-    } else {
-        size_t cap;
-        char *buf = conn_recv_buffer(c, &cap);
-        if (!buf) {
-            n = EP_ENOMEM;
-        } else {
-            WSABUF wb = {cap > MAX_IO_LEN ? MAX_IO_LEN : (ULONG)cap, buf};
-            DWORD got = 0, flags = 0;
-            shim_ctx_set(c->id, c->recv_ops);
-            int rc = shim_WSARecv(ic->sock, &wb, 1, &got, &flags, NULL, NULL);
-            DWORD e = rc == 0 ? 0 : (DWORD)WSAGetLastError();
-            shim_ctx_clear();
-            if (rc == 0) {
-                n = (long)got; /* 0: the peer closed its side */
-            } else if (e == WSAEWOULDBLOCK) {
-                post_zero_recv(b, c, ic);
-                ep_mutex_unlock(&c->lock);
-                return;
-            } else {
-                n = translate_error(e);
-            }
-        }
+    } else if (read_after_zero_recv(b, c, ic, &n)) {
+        ep_mutex_unlock(&c->lock);
+        return;
     }
     ep_mutex_unlock(&c->lock);
     conn_on_recv(c, n);
 }
 
-/* A send of c completed: report the bytes (short is fine) or the error. */
+/* A send of c completed: report the bytes (short is fine) or the error; only an error
+ * needs the socket, hence the lock. */
 static void on_send_done(struct req *r, DWORD bytes)
 {
     struct iocp_conn *ic = container_of(r, struct iocp_conn, sreq);
     struct conn *c = conn_from_bk(ic);
+    if (req_succeeded(r)) {
+        conn_on_sent(c, (long)bytes);
+        return;
+    }
     ep_mutex_lock(&c->lock);
     DWORD err = req_error(r, ic->sock);
     long n = err == 0 ? (long)bytes : ic->closed ? EP_ECANCELED : translate_error(err);
@@ -419,7 +528,7 @@ static void dispatch(struct iocp *b, struct server *s, int w, struct req *r, DWO
         on_accept_done(b, s, w, (struct accept_req *)r);
         break;
     case REQ_RECV:
-        on_recv_done(b, r);
+        on_recv_done(b, r, bytes);
         break;
     case REQ_SEND:
         on_send_done(r, bytes);
@@ -439,8 +548,21 @@ static void drain_deferred(struct iocp *b, struct server *s, int w)
     LeaveCriticalSection(&b->deferred_lock);
     while (list) {
         struct req *r = list;
-        list = r->next_deferred;
+        list = r->next;
         dispatch(b, s, w, r, 0);
+    }
+}
+
+/* Reports the operations this thread posted that completed at once; those their
+ * handlers post in turn wait for the next pass, so the port is not starved. */
+static void drain_done(struct iocp *b, struct server *s, int w)
+{
+    struct req *list = done_list;
+    done_list = NULL;
+    while (list) {
+        struct req *r = list;
+        list = r->next;
+        dispatch(b, s, w, r, (DWORD)r->ov.InternalHigh);
     }
 }
 
@@ -451,7 +573,24 @@ struct loop_state {
     int64_t last_tick;
     int retry_in;    /* ms until the next accept re-post is due (INT_MAX: none) */
     int always_tick; /* tick after every pass (the test hook's passes) */
+    ULONG ask;       /* completions the next dequeue asks for (see next_ask) */
+    int full;        /* dequeues in a row that filled what they asked for */
 };
+
+/* Sizes the next dequeue after one that returned n: as many as came last time, and
+ * twice that after GROW_AFTER full ones in a row. Asking for more than is queued
+ * costs a last, empty look at the port (a server round trip each under Wine);
+ * asking for fewer costs only a pass without waiting. */
+static void next_ask(struct loop_state *ls, ULONG n)
+{
+    if (n < ls->ask) {
+        ls->ask = n > 0 ? n : 1;
+        ls->full = 0;
+    } else if (++ls->full >= GROW_AFTER) {
+        ls->ask = ls->ask * 2 > BATCH ? BATCH : ls->ask * 2;
+        ls->full = 0;
+    }
+}
 
 /* One pass of a worker's loop: dequeue a batch (waiting at most until the next tick,
  * the next due re-post or max_wait ms), dispatch it, tick when due, re-post due
@@ -469,10 +608,10 @@ static int worker_pass(struct server *s, int w, struct loop_state *ls, int64_t m
         wait = max_wait;
     if (ls->retry_in < wait)
         wait = ls->retry_in;
-    if (atomic_load(&b->ndeferred) > 0)
+    if (atomic_load(&b->ndeferred) > 0 || done_list)
         wait = 0;
     ULONG n = 0;
-    if (!shim_GetQueuedCompletionStatusEx(b->port, ev, BATCH, &n, (DWORD)wait, FALSE)) {
+    if (!shim_GetQueuedCompletionStatusEx(b->port, ev, ls->ask, &n, (DWORD)wait, FALSE)) {
         DWORD e = GetLastError();
         n = 0;
         if (e == ERROR_ABANDONED_WAIT_0 || e == ERROR_INVALID_HANDLE) {
@@ -481,6 +620,7 @@ static int worker_pass(struct server *s, int w, struct loop_state *ls, int64_t m
             return -1;
         }
     }
+    next_ask(ls, n);
     int woken = 0;
     for (ULONG i = 0; i < n; i++) {
         if (ev[i].lpCompletionKey == KEY_WAKE)
@@ -490,19 +630,25 @@ static int worker_pass(struct server *s, int w, struct loop_state *ls, int64_t m
                      ev[i].dwNumberOfBytesTransferred);
     }
     drain_deferred(b, s, w);
+    drain_done(b, s, w);
     now = ep_now_ms();
-    if (woken || ls->always_tick || now - ls->last_tick >= SRV_TICK_MS) {
+    int period = now - ls->last_tick >= SRV_TICK_MS;
+    if (woken || ls->always_tick || period) {
         srv_tick(s, w);
         ls->last_tick = now;
+        /* only worker 0's periods count: a clock no wake-up or test pass speeds up */
+        if (period && w == 0 && !ls->always_tick)
+            atomic_fetch_add_explicit(&b->ticks, 1, memory_order_relaxed);
     }
     ls->retry_in = run_retries(b, s);
-    return srv_worker_done(s, w) && atomic_load(&b->accepts_posted) == 0;
+    /* what completed at once was posted by this thread and is reported by it alone */
+    return srv_worker_done(s, w) && atomic_load(&b->accepts_posted) == 0 && !done_list;
 }
 
 /* bk run_worker: passes until the worker may leave or the port is gone. */
 static void iocp_run_worker(struct server *s, int w)
 {
-    struct loop_state ls = {ep_now_ms(), INT_MAX, 0};
+    struct loop_state ls = {ep_now_ms(), INT_MAX, 0, BATCH, 0};
     srv_tick(s, w);
     while (worker_pass(s, w, &ls, INT_MAX) == 0) {
     }
@@ -511,8 +657,15 @@ static void iocp_run_worker(struct server *s, int w)
 /* Test hook (backend_iocp.h): one pass of worker w's loop on the calling thread. */
 int iocp_test_pass(struct server *s, int w, unsigned max_wait_ms)
 {
-    struct loop_state ls = {ep_now_ms(), run_retries(s->bk_state, s), 1};
+    struct loop_state ls = {ep_now_ms(), run_retries(s->bk_state, s), 1, BATCH, 0};
     return worker_pass(s, w, &ls, (int64_t)max_wait_ms);
+}
+
+/* Test hook (backend_iocp.h): one tick period of worker 0. */
+void iocp_test_tick_period(struct server *s)
+{
+    struct iocp *b = s->bk_state;
+    atomic_fetch_add_explicit(&b->ticks, 1, memory_order_relaxed);
 }
 
 /* Test hook (backend_iocp.h): the accept socket the request of `ov` holds. */

@@ -25,5 +25,10 @@ int iocp_test_pass(struct server *s, int w, unsigned max_wait_ms);
  * was complete before it was posted (zio #530). */
 SOCKET iocp_test_accept_socket(const OVERLAPPED *ov);
 
+/* Counts one tick period of worker 0, as if TICK_MS had passed: the clock by which
+ * an active connection whose buffered receive waits turns idle. Test passes never
+ * advance it themselves. */
+void iocp_test_tick_period(struct server *s);
+
 #endif /* _WIN32 */
 #endif

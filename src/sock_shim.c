@@ -99,6 +99,11 @@ static BOOL WINAPI dflt_PostQueuedCompletionStatus(HANDLE port, DWORD n, ULONG_P
     return PostQueuedCompletionStatus(port, n, key, ov);
 }
 
+static BOOL WINAPI dflt_SetFileCompletionNotificationModes(HANDLE h, UCHAR flags)
+{
+    return SetFileCompletionNotificationModes(h, flags);
+}
+
 #define SHIM_ENTRY(id) [SHIM_##id] = {#id, (void *)dflt_##id, (void *)dflt_##id}
 
 struct shim_entry shim_table[SHIM_COUNT] = {
@@ -117,6 +122,7 @@ struct shim_entry shim_table[SHIM_COUNT] = {
     SHIM_ENTRY(CreateIoCompletionPort),
     SHIM_ENTRY(GetQueuedCompletionStatusEx),
     SHIM_ENTRY(PostQueuedCompletionStatus),
+    SHIM_ENTRY(SetFileCompletionNotificationModes),
 };
 
 /* The entry called `name`, or NULL. */
@@ -174,10 +180,13 @@ int shim_load_extensions(SOCKET listener)
     return 0;
 }
 
-/* The (connection, operation) of the calls this thread is making. */
+/* The (connection, operation) of the calls this thread is making, and the send
+ * action already decided for it. */
 static _Thread_local struct {
     int valid;
     uint64_t conn, op;
+    int send_decided;
+    struct fault_action send;
 } shim_ctx;
 
 void shim_ctx_set(uint64_t conn, uint64_t op)
@@ -185,6 +194,7 @@ void shim_ctx_set(uint64_t conn, uint64_t op)
     shim_ctx.valid = 1;
     shim_ctx.conn = conn;
     shim_ctx.op = op;
+    shim_ctx.send_decided = 0;
 }
 
 void shim_ctx_clear(void)
@@ -197,6 +207,17 @@ void shim_ctx_clear(void)
 static int in_context(void)
 {
     return shim_ctx.valid && fault_active();
+}
+
+/* The action of the send operation of this context, decided (and recorded) once
+ * however many calls the operation makes. */
+static struct fault_action send_action(size_t len)
+{
+    if (!shim_ctx.send_decided) {
+        shim_ctx.send = fault_send_action(shim_ctx.conn, shim_ctx.op, len);
+        shim_ctx.send_decided = 1;
+    }
+    return shim_ctx.send;
 }
 
 /* The Winsock error that realises an EP_E* error of a fault action. */
@@ -256,16 +277,23 @@ static int WSAAPI fault_WSARecv(SOCKET s, LPWSABUF b, DWORD n, LPDWORD got, LPDW
 }
 
 /* WSASend under a plan: a failure at once or on completion, or the real send with
- * fewer bytes (the completion is then short). */
+ * fewer bytes (the completion is then short). The backend's non-blocking try and the
+ * overlapped send that may follow it are one operation with one action (send_action):
+ * a failure "on completion" makes the try would-block, so it comes with the
+ * overlapped send. */
 static int WSAAPI fault_WSASend(SOCKET s, LPWSABUF b, DWORD n, LPDWORD sent, DWORD flags,
                                 LPWSAOVERLAPPED ov, LPWSAOVERLAPPED_COMPLETION_ROUTINE fn)
 {
     shim_WSASend_fn real = (shim_WSASend_fn)below[SHIM_WSASend];
     if (n == 1 && in_context()) {
-        struct fault_action a = fault_send_action(shim_ctx.conn, shim_ctx.op, b[0].len);
+        struct fault_action a = send_action(b[0].len);
         if (a.effect == FAULT_SHORTEN) {
-            WSABUF shorter = {(ULONG)a.len, b[0].buf};
+            WSABUF shorter = {(ULONG)(a.len < b[0].len ? a.len : b[0].len), b[0].buf};
             return real(s, &shorter, 1, sent, flags, ov, fn);
+        }
+        if (a.effect == FAULT_FAIL_LATER && !ov) {
+            WSASetLastError(WSAEWOULDBLOCK);
+            return SOCKET_ERROR;
         }
         if (a.effect != FAULT_PASS) {
             realise_failure(a, ov);

@@ -18,6 +18,11 @@
  *   set, which the system never produces, so it cannot be mistaken for a real one.
  *   A receive the shim ends with SHIM_STATUS(WSAEDISCON) is a zero_read fault: the
  *   backend reports it as 0 bytes (the peer closed), the socket untouched.
+ * - SetFileCompletionNotificationModes is an entry too: a fake kernel must model
+ *   skip-on-success (a call that completes at once returns 0 and queues nothing).
+ * - The backend tries a send non-blocking before posting it overlapped, with the
+ *   same context: the send wrapper injects and records one fault per operation (a
+ *   try that would block, or a reset due "on completion", leaves it to the post).
  */
 #ifndef EP_SOCK_SHIM_H
 #define EP_SOCK_SHIM_H
@@ -50,6 +55,7 @@ enum shim_id {
     SHIM_CreateIoCompletionPort,
     SHIM_GetQueuedCompletionStatusEx,
     SHIM_PostQueuedCompletionStatus,
+    SHIM_SetFileCompletionNotificationModes,
     SHIM_COUNT
 };
 
@@ -90,11 +96,11 @@ void shim_ctx_set(uint64_t conn, uint64_t op);
 void shim_ctx_clear(void);
 
 /* The OVERLAPPED.Internal value of a fabricated completion failing with `wsa`. */
-#define SHIM_STATUS(wsa) ((ULONG_PTR)(0xE0000000u | ((DWORD)(wsa) & 0xFFFFu)))
+#define SHIM_STATUS(wsa) ((ULONG_PTR)(0xE0000000u | ((DWORD)(wsa)&0xFFFFu)))
 /* Nonzero when `st` (an OVERLAPPED.Internal) was made by SHIM_STATUS. */
-#define SHIM_STATUS_IS_FABRICATED(st) (((DWORD)(st) & 0xFFFF0000u) == 0xE0000000u)
+#define SHIM_STATUS_IS_FABRICATED(st) (((DWORD)(st)&0xFFFF0000u) == 0xE0000000u)
 /* The Winsock error of a fabricated status. */
-#define SHIM_STATUS_ERROR(st) ((DWORD)(st) & 0xFFFFu)
+#define SHIM_STATUS_ERROR(st) ((DWORD)(st)&0xFFFFu)
 
 /* Typed calls through the table. */
 typedef SOCKET(WSAAPI *shim_WSASocketW_fn)(int, int, int, LPWSAPROTOCOL_INFOW, GROUP, DWORD);
@@ -115,9 +121,10 @@ typedef int(WSAAPI *shim_WSASend_fn)(SOCKET, LPWSABUF, DWORD, LPDWORD, DWORD, LP
 typedef BOOL(WSAAPI *shim_WSAGetOverlappedResult_fn)(SOCKET, LPWSAOVERLAPPED, LPDWORD, BOOL,
                                                      LPDWORD);
 typedef HANDLE(WINAPI *shim_CreateIoCompletionPort_fn)(HANDLE, HANDLE, ULONG_PTR, DWORD);
-typedef BOOL(WINAPI *shim_GetQueuedCompletionStatusEx_fn)(HANDLE, LPOVERLAPPED_ENTRY, ULONG,
-                                                          PULONG, DWORD, BOOL);
+typedef BOOL(WINAPI *shim_GetQueuedCompletionStatusEx_fn)(HANDLE, LPOVERLAPPED_ENTRY, ULONG, PULONG,
+                                                          DWORD, BOOL);
 typedef BOOL(WINAPI *shim_PostQueuedCompletionStatus_fn)(HANDLE, DWORD, ULONG_PTR, LPOVERLAPPED);
+typedef BOOL(WINAPI *shim_SetFileCompletionNotificationModes_fn)(HANDLE, UCHAR);
 
 #define SHIM_CALL(id) ((shim_##id##_fn)shim_table[SHIM_##id].current)
 #define shim_WSASocketW SHIM_CALL(WSASocketW)
@@ -135,6 +142,7 @@ typedef BOOL(WINAPI *shim_PostQueuedCompletionStatus_fn)(HANDLE, DWORD, ULONG_PT
 #define shim_CreateIoCompletionPort SHIM_CALL(CreateIoCompletionPort)
 #define shim_GetQueuedCompletionStatusEx SHIM_CALL(GetQueuedCompletionStatusEx)
 #define shim_PostQueuedCompletionStatus SHIM_CALL(PostQueuedCompletionStatus)
+#define shim_SetFileCompletionNotificationModes SHIM_CALL(SetFileCompletionNotificationModes)
 
 #endif /* _WIN32 */
 #endif

@@ -1,12 +1,14 @@
-"""Windows build under Wine: echoport.exe against the seed-style IOCP echo at 50 x 128 B."""
+"""Windows build under Wine: echoport.exe against the seed-style IOCP echo (issue 10)."""
 import os
 import subprocess
 from pathlib import Path
 
 from .procs import BUILD, say
-from .throughput import run_all
+from .throughput import CELLS, run_all
 
 PREFIX = BUILD / "wineprefix-bench"
+CELL_KEYS = ["1 x 64 B", "50 x 128 B", "500 x 128 B"]
+WINE_CELLS = [c for c in CELLS if c.key in CELL_KEYS]
 
 
 def wine_env():
@@ -31,11 +33,11 @@ def wineserver_pids():
     return pids
 
 
-def run(servers, cell, st):
-    """servers: {name: argv without wine}; returns {name: {cell key: summary}}."""
+def run(servers, st):
+    """Every Wine cell; servers: {name: argv without wine}; returns {name: {cell key: summary}}."""
     env = wine_env()
     try:
-        return run_all({n: ["wine"] + argv for n, argv in servers.items()}, [cell], st,
+        return run_all({n: ["wine"] + argv for n, argv in servers.items()}, WINE_CELLS, st,
                        env=env, extra_pids=wineserver_pids, start_timeout=120.0)
     finally:
         stop_prefix(env)

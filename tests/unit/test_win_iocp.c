@@ -8,6 +8,10 @@
  * fake WSAGetOverlappedResult turns into the scripted Winsock error, so the backend's
  * own path for system completions is the one exercised; closing a socket completes its
  * pending operations the way Windows does (aborted, or net-name-deleted: corosio #160).
+ * A socket in skip-on-success mode (SetFileCompletionNotificationModes, on unless a test
+ * refuses it) models Windows there too: a call that completes at once returns 0 and
+ * queues nothing; without the mode its packet is queued all the same. Receives complete
+ * at once only when a test asks (recv_at_once), so every other step stays scripted.
  * No worker thread runs: the test drives one worker pass at a time (iocp_test_pass), so
  * every step is deterministic and nothing sleeps.
  *
@@ -56,6 +60,9 @@ struct fsock {
     int closes;     /* must end at exactly 1 */
     int associated; /* with the completion port */
     int nonblocking;
+    int skip;            /* FILE_SKIP_COMPLETION_PORT_ON_SUCCESS was set */
+    int nb_reads;        /* non-blocking reads (after a zero-byte receive) */
+    int nb_sends;        /* non-blocking sends (tried before an overlapped one) */
     int accepted;        /* an AcceptEx completed successfully on it */
     int ctx_updated;     /* SO_UPDATE_ACCEPT_CONTEXT was set */
     char in[PEER_BYTES]; /* what the peer sent */
@@ -77,7 +84,8 @@ struct fop {
     SOCKET sock;     /* the accept socket of an AcceptEx, the socket of a recv/send */
     DWORD rlen;      /* AcceptEx dwReceiveDataLength */
     const char *buf; /* WSASend's bytes */
-    ULONG len;       /* WSASend's length, WSARecv's buffer length */
+    char *rbuf;      /* WSARecv's buffer */
+    ULONG len;       /* WSASend's length, WSARecv's buffer length (0: a zero-byte one) */
     DWORD error;     /* what WSAGetOverlappedResult reports; 0 = success */
 };
 
@@ -113,7 +121,10 @@ static struct {
     int associate_fail;         /* this many next socket-to-port associations fail */
     DWORD recv_fail;            /* the next overlapped WSARecv fails at once with it */
     DWORD send_fail;            /* the next WSASend fails at once with it */
-    int send_at_once;           /* the next WSASend succeeds at once (its packet still comes) */
+    int send_at_once;           /* the next non-blocking WSASend takes every byte */
+    int posted_send_at_once;    /* the next overlapped WSASend completes at once */
+    int recv_at_once;           /* the next overlapped WSARecv finds what is there at once */
+    int skip_mode_fail;         /* SetFileCompletionNotificationModes fails */
     int post_fail;              /* this many next fabricated completions the port refuses */
     DWORD cancel_error;         /* how closing a socket completes its pending operations */
     int cancel_accepts_succeed; /* accepts that won the race with the listener's close */
@@ -255,6 +266,30 @@ static void abort_ops_of(struct fsock *fs)
             complete(op, 0, w.cancel_error);
         }
     }
+}
+
+/* op completed inside its call with `bytes`: a skip-on-success socket queues nothing
+ * (the op is done), any other socket queues its packet all the same. */
+static void complete_at_once(struct fsock *fs, struct fop *op, DWORD bytes)
+{
+    if (!fs->skip) {
+        complete(op, bytes, 0);
+        return;
+    }
+    op->ov->Internal = 0;
+    op->ov->InternalHigh = bytes;
+    op->state = OS_DEQUEUED;
+}
+
+/* Copies what the peer sent into the buffer of receive op (none for a zero-byte one);
+ * returns the bytes. */
+static size_t receive_into(struct fsock *fs, struct fop *op)
+{
+    size_t avail = fs->in_len - fs->in_off;
+    size_t k = avail < op->len ? avail : op->len;
+    memcpy(op->rbuf, fs->in + fs->in_off, k);
+    fs->in_off += k;
+    return k;
 }
 
 /* ---- the fake shim entries ---- */
@@ -440,20 +475,26 @@ static int WSAAPI fake_WSARecv(SOCKET h, LPWSABUF b, DWORD n, LPDWORD got, LPDWO
     if (ov) {
         if (!fs->associated)
             violate("WSARecv posted on a socket not associated with the port");
-        if (b[0].len != 0)
-            violate("an idle connection posted a receive with a buffer (%lu bytes)",
-                    (unsigned long)b[0].len);
         if (w.recv_fail) {
             DWORD e = w.recv_fail;
             w.recv_fail = 0;
             WSASetLastError((int)e);
             return SOCKET_ERROR;
         }
-        new_op(OP_RECV, ov, h)->len = b[0].len;
+        struct fop *op = new_op(OP_RECV, ov, h);
+        op->len = b[0].len;
+        op->rbuf = b[0].buf;
+        if (w.recv_at_once && (fs->in_off < fs->in_len || fs->peer_eof)) {
+            w.recv_at_once = 0;
+            *got = (DWORD)receive_into(fs, op);
+            complete_at_once(fs, op, *got);
+            return 0;
+        }
         WSASetLastError(WSA_IO_PENDING);
         return SOCKET_ERROR;
     }
     /* the non-blocking read after the zero-byte receive completed */
+    fs->nb_reads++;
     if (!fs->nonblocking)
         violate("a non-blocking read on a blocking socket");
     if (fs->read_error) {
@@ -484,28 +525,42 @@ static int WSAAPI fake_WSASend(SOCKET h, LPWSABUF b, DWORD n, LPDWORD sent, DWOR
         WSASetLastError(WSAENOTSOCK);
         return SOCKET_ERROR;
     }
-    if (fn || n != 1 || !ov) {
-        violate("WSASend: a completion routine, several buffers or no OVERLAPPED");
+    if (fn || n != 1) {
+        violate("WSASend: a completion routine or several buffers");
         WSASetLastError(WSAEINVAL);
         return SOCKET_ERROR;
     }
     if (!fs->associated)
-        violate("WSASend posted on a socket not associated with the port");
+        violate("WSASend on a socket not associated with the port");
     if (w.send_fail) {
         DWORD e = w.send_fail;
         w.send_fail = 0;
         WSASetLastError((int)e);
         return SOCKET_ERROR;
     }
+    if (!ov) {
+        /* a non-blocking send: the socket takes it all if scripted, else nothing */
+        if (!fs->nonblocking)
+            violate("a non-blocking send on a blocking socket");
+        fs->nb_sends++;
+        if (!w.send_at_once) {
+            WSASetLastError(WSAEWOULDBLOCK);
+            return SOCKET_ERROR;
+        }
+        w.send_at_once = 0;
+        memcpy(fs->out + fs->out_len, b[0].buf, b[0].len);
+        fs->out_len += b[0].len;
+        *sent = b[0].len;
+        return 0;
+    }
     struct fop *op = new_op(OP_SEND, ov, h);
     op->buf = b[0].buf;
     op->len = b[0].len;
-    if (w.send_at_once) {
-        /* sent at once: the call returns 0 and the packet is queued all the same */
-        w.send_at_once = 0;
+    if (w.posted_send_at_once) {
+        w.posted_send_at_once = 0;
         memcpy(fs->out + fs->out_len, op->buf, op->len);
         fs->out_len += op->len;
-        complete(op, op->len, 0);
+        complete_at_once(fs, op, op->len);
         if (sent)
             *sent = op->len;
         return 0;
@@ -534,6 +589,17 @@ static BOOL WSAAPI fake_WSAGetOverlappedResult(SOCKET h, LPWSAOVERLAPPED ov, LPD
         WSASetLastError((int)op->error);
         return FALSE;
     }
+    return TRUE;
+}
+
+static BOOL WINAPI fake_SetFileCompletionNotificationModes(HANDLE h, UCHAR flags)
+{
+    struct fsock *fs = open_sock((SOCKET)h, "SetFileCompletionNotificationModes");
+    if (!fs || w.skip_mode_fail) {
+        SetLastError(ERROR_INVALID_PARAMETER);
+        return FALSE;
+    }
+    fs->skip = (flags & FILE_SKIP_COMPLETION_PORT_ON_SUCCESS) != 0;
     return TRUE;
 }
 
@@ -636,6 +702,7 @@ static void setup(void)
     install("CreateIoCompletionPort", (void *)fake_CreateIoCompletionPort);
     install("GetQueuedCompletionStatusEx", (void *)fake_GetQueuedCompletionStatusEx);
     install("PostQueuedCompletionStatus", (void *)fake_PostQueuedCompletionStatus);
+    install("SetFileCompletionNotificationModes", (void *)fake_SetFileCompletionNotificationModes);
     ep_alloc_fail = NULL;
     stats_reset();
 }
@@ -716,12 +783,15 @@ static void peer_sends(struct fsock *fs, const char *data)
     fs->in_len += n;
 }
 
-/* The pending zero-byte receive of fs completes (data or EOF is there, or not). */
+/* The pending receive of fs completes: a zero-byte one says data or EOF is there (or
+ * not); a buffered one takes what the peer sent (0 bytes: EOF). */
 static void complete_recv(struct fsock *fs)
 {
     struct fop *op = pending_op(OP_RECV, fs->h);
     cr_assert_not_null(op, "no receive is posted on the socket");
-    complete(op, 0, 0);
+    cr_assert(op->len == 0 || fs->in_off < fs->in_len || fs->peer_eof,
+              "a buffered receive completes only with data or at EOF");
+    complete(op, (DWORD)receive_into(fs, op), 0);
 }
 
 /* The pending send of fs completes with n bytes, which the peer gets. */
@@ -1233,16 +1303,174 @@ Test(iocp, failure_the_port_refuses_is_still_reported_once)
 
 Test(iocp, send_completing_at_once_is_reported_once_through_the_port)
 {
+    w.skip_mode_fail = 1; /* the socket keeps its packets */
     start();
     struct fsock *fs = connected();
-    w.send_at_once = 1;
+    w.posted_send_at_once = 1;
     peer_sends(fs, "quick");
     complete_recv(fs);
     pump();
-    cr_assert_eq(w.send_at_once, 0);
+    cr_assert_eq(w.posted_send_at_once, 0);
     cr_assert_eq(stats_get(bytes_out), 5, "the send was reported once, through its packet");
     cr_assert_not_null(pending_op(OP_RECV, fs->h));
     cr_assert_eq(live_conns(), 1);
+    finish_and_check();
+}
+
+Test(iocp, receive_and_send_completing_at_once_on_a_skip_socket_are_reported_once)
+{
+    start();
+    struct fsock *fs = connected();
+    cr_assert(fs->skip, "accepted sockets are put in skip-on-success mode");
+    peer_sends(fs, "one");
+    complete_recv(fs);
+    pump();
+    peer_sends(fs, "two");
+    w.recv_at_once = 1;
+    complete_send(fs, 3);
+    pass(); /* the echo is done; the next receive finds "two" at once, no packet queued */
+    cr_assert_eq(w.recv_at_once, 0);
+    struct fop *send = pending_op(OP_SEND, fs->h);
+    cr_assert_not_null(send, "a receive that completed at once was not reported");
+    cr_assert_eq(memcmp(send->buf, "two", 3), 0);
+    complete_send(fs, 3); /* the next receive pends; nothing was queued for it */
+    pump();
+    cr_assert_eq(stats_get(bytes_in), 6, "each receive was reported once");
+    cr_assert_eq(fs->out_len, 6);
+    peer_sends(fs, "three");
+    w.posted_send_at_once = 1;
+    complete_recv(fs);
+    pump(); /* the echo's overlapped send completes at once: from the done list, once */
+    cr_assert_eq(w.posted_send_at_once, 0);
+    cr_assert_eq(stats_get(bytes_out), 11, "each send was reported once");
+    cr_assert_not_null(pending_op(OP_RECV, fs->h));
+    finish_and_check();
+}
+
+Test(iocp, send_the_socket_takes_at_once_is_reported_once_without_an_overlapped_send)
+{
+    start();
+    struct fsock *fs = connected();
+    peer_sends(fs, "now");
+    w.send_at_once = 1;
+    complete_recv(fs);
+    pass(); /* the echo is sent by the non-blocking call and reported after it */
+    cr_assert_eq(w.send_at_once, 0);
+    cr_assert_eq(fs->nb_sends, 1);
+    cr_assert_null(pending_op(OP_SEND, fs->h), "nothing was left for an overlapped send");
+    cr_assert_eq(stats_get(bytes_out), 3, "reported once");
+    cr_assert_eq(fs->out_len, 3);
+    cr_assert_not_null(pending_op(OP_RECV, fs->h), "the next receive is posted");
+    for (int i = 0; i < w.nops; i++)
+        cr_assert_neq(w.ops[i].kind, OP_SEND, "an overlapped send was posted");
+    finish_and_check();
+}
+
+Test(iocp, receive_completing_at_once_without_skip_mode_is_reported_once_through_the_port)
+{
+    w.skip_mode_fail = 1;
+    start();
+    struct fsock *fs = connected();
+    cr_assert(!fs->skip);
+    peer_sends(fs, "one");
+    complete_recv(fs);
+    pump();
+    peer_sends(fs, "two");
+    w.recv_at_once = 1;
+    complete_send(fs, 3);
+    pump();
+    cr_assert_eq(w.recv_at_once, 0);
+    cr_assert_eq(stats_get(bytes_in), 6, "reported once, through its packet");
+    complete_send(fs, 3);
+    pump();
+    cr_assert_eq(fs->out_len, 6);
+    finish_and_check();
+}
+
+/* ---- receive modes ---- */
+
+/* fs, with a receive posted, receives `data` and echoes it; returns the next receive. */
+static struct fop *echo_once(struct fsock *fs, const char *data)
+{
+    peer_sends(fs, data);
+    complete_recv(fs);
+    pump();
+    struct fop *op = pending_op(OP_SEND, fs->h);
+    cr_assert_not_null(op, "the received bytes were not sent back");
+    complete_send(fs, op->len);
+    pump();
+    struct fop *next = pending_op(OP_RECV, fs->h);
+    cr_assert_not_null(next, "no receive after the echo");
+    return next;
+}
+
+Test(iocp, new_connection_receives_zero_byte_then_with_the_buffer_once_active)
+{
+    start();
+    struct fsock *fs = connected();
+    cr_assert_eq(pending_op(OP_RECV, fs->h)->len, 0, "a new connection holds no buffer");
+    struct fop *next = echo_once(fs, "first");
+    cr_assert_eq(fs->nb_reads, 1);
+    cr_assert_eq(next->len, w.cfg.buffer_size, "data seen: the next receive has the buffer");
+    next = echo_once(fs, "second");
+    cr_assert_eq(fs->nb_reads, 1, "a buffered receive needs no read after it");
+    cr_assert_eq(next->len, w.cfg.buffer_size);
+    cr_assert_eq(fs->out_len, 11);
+    cr_assert_eq(memcmp(fs->out, "firstsecond", 11), 0);
+    finish_and_check();
+}
+
+Test(iocp, active_connection_waiting_two_tick_periods_turns_idle_until_data)
+{
+    start();
+    struct fsock *fs = connected();
+    echo_once(fs, "warm");
+    iocp_test_tick_period(&w.srv);
+    struct fop *next = echo_once(fs, "one period");
+    cr_assert_eq(next->len, w.cfg.buffer_size, "one period of waiting keeps it active");
+    iocp_test_tick_period(&w.srv);
+    iocp_test_tick_period(&w.srv);
+    next = echo_once(fs, "two periods");
+    cr_assert_eq(next->len, 0, "a connection that waited two periods is idle: zero-byte");
+    next = echo_once(fs, "again");
+    cr_assert_eq(next->len, w.cfg.buffer_size, "data makes it active again");
+    cr_assert_eq(fs->nb_reads, 2);
+    finish_and_check();
+}
+
+Test(iocp, spurious_zero_byte_completion_keeps_the_connection_idle)
+{
+    start();
+    struct fsock *fs = connected();
+    complete_recv(fs); /* nothing there */
+    pump();
+    cr_assert_eq(pending_op(OP_RECV, fs->h)->len, 0, "found nothing: still zero-byte");
+    finish_and_check();
+}
+
+Test(iocp, eof_on_a_buffered_receive_closes_the_connection_once)
+{
+    start();
+    struct fsock *fs = connected();
+    cr_assert_eq(echo_once(fs, "data")->len, w.cfg.buffer_size);
+    fs->peer_eof = 1;
+    complete_recv(fs);
+    pump();
+    cr_assert_eq(fs->closes, 1);
+    cr_assert_eq(stats_get(ctx_free), 1);
+    finish_and_check();
+}
+
+Test(iocp, buffered_receive_failing_on_completion_is_a_close)
+{
+    start();
+    struct fsock *fs = connected();
+    struct fop *op = echo_once(fs, "data");
+    cr_assert_eq(op->len, w.cfg.buffer_size);
+    complete(op, 0, WSAECONNRESET);
+    pump();
+    cr_assert_eq(fs->closes, 1);
+    cr_assert_eq(stats_get(ctx_free), 1);
     finish_and_check();
 }
 
@@ -1392,5 +1620,62 @@ Test(iocp_faults, connreset_on_send_closes_the_connection_once)
         cr_assert_eq(stats_get(ctx_free), 1, "%s", text);
         finish_and_check();
         fault_disable();
+    }
+}
+
+/* Every fault kind on a connection in each receive mode (idle: zero-byte; active:
+ * buffered): it closes once or echoes what it got, and the next accept meets the plan;
+ * finish_and_check then holds (sockets, contexts, every operation completed once). */
+Test(iocp_faults, every_fault_kind_in_both_receive_modes_closes_once_or_echoes)
+{
+    static const char *kinds[] = {"connreset=1,sites=recv",
+                                  "zero_read=1,sites=recv",
+                                  "connreset=1,sites=send",
+                                  "partial_send=1,sites=send",
+                                  "alloc_fail=1,sites=alloc",
+                                  "accept_fail=1,sites=accept",
+                                  "setsockopt_fail=1,sites=setsockopt"};
+    int runs = 0;
+    for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+        for (int active = 0; active <= 1; active++) {
+            char text[96];
+            snprintf(text, sizeof(text), "seed=%d,%s", 3 + active, kinds[k]);
+            if (runs++ > 0)
+                setup();
+            plan("seed=1,nth=1000000"); /* the wrappers go in; nothing is injected yet */
+            start();
+            struct fsock *fs = connected();
+            if (active)
+                cr_assert_eq(echo_once(fs, "warm")->len, w.cfg.buffer_size, "%s", text);
+            fault_disable();
+            plan(text);
+            ep_alloc_fail = fault_alloc_fails; /* the "alloc" site, as main() wires it */
+            peer_sends(fs, "payload");
+            if (pending_op(OP_RECV, fs->h))
+                complete_recv(fs);
+            pump();
+            for (int i = 0; i < 64 && pending_op(OP_SEND, fs->h); i++) {
+                complete_send(fs, pending_op(OP_SEND, fs->h)->len);
+                pump();
+            }
+            struct fop *r = pending_op(OP_RECV, fs->h);
+            if (r && r->len == 0) {
+                complete_recv(fs); /* a fallback zero-byte receive: nothing is there */
+                pump();
+            }
+            size_t echoed = active ? 4 + 7 : 7;
+            if (fs->closes == 0)
+                cr_assert_eq(fs->out_len, echoed, "%s active=%d: open but not echoed", text,
+                             active);
+            cr_assert_leq(fs->closes, 1, "%s", text);
+            client_connects(); /* accepts and their socket options meet the plan */
+            pump();
+            uint64_t faults = 0;
+            for (int f = 0; f < FAULT_KINDS; f++)
+                faults += fault_count((enum fault_kind)f);
+            cr_assert_gt(faults, 0, "%s active=%d: nothing was injected", text, active);
+            finish_and_check();
+            fault_disable();
+        }
     }
 }
