@@ -94,6 +94,14 @@ void *conn_recv_buffer(struct conn *c, size_t *cap)
     return c->buf;
 }
 
+void conn_recv_buffer_return(struct conn *c)
+{
+    if (c->buf && c->len == 0) {
+        srv_buffer_put(c, c->buf, c->cap);
+        c->buf = NULL;
+    }
+}
+
 void conn_resume(struct conn *c)
 {
     ep_mutex_lock(&c->lock);

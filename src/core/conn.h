@@ -62,6 +62,11 @@ void conn_start(struct conn *c);
  * free, or closes it when allocation failed. Only valid while a receive is posted. */
 void *conn_recv_buffer(struct conn *c, size_t *cap);
 
+/* Gives back the buffer conn_recv_buffer() returned, for a posted receive the backend
+ * re-posts without it (an active connection gone quiet, back to zero-byte receives):
+ * it took no data, so nothing is lost. Only while that receive is posted. */
+void conn_recv_buffer_return(struct conn *c);
+
 /* Completion of a receive: n > 0 bytes were placed in conn_recv_buffer(),
  * 0 = the peer closed its sending side, < 0 = an EP_E* error. */
 void conn_on_recv(struct conn *c, long n);

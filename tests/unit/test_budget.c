@@ -132,6 +132,20 @@ Test(budget, shutdown_frees_parked_connections)
     cr_expect_eq(atomic_load(&f.srv.buffer_bytes), 0, "every buffer went back to the budget");
 }
 
+Test(budget, a_returned_receive_buffer_goes_back_to_the_budget)
+{
+    struct fake_sock *a = fake_accept(&f);
+    size_t cap;
+    cr_assert_not_null(conn_recv_buffer(a->conn, &cap));
+    cr_expect_eq(atomic_load(&f.srv.buffer_bytes), 8192);
+    conn_recv_buffer_return(a->conn);
+    cr_expect_null(a->conn->buf);
+    cr_expect_eq(atomic_load(&f.srv.buffer_bytes), 0, "freed: this budget caches nothing");
+    fake_client_send(a, "aaaa", 4);
+    cr_assert(fake_step(a) && fake_step(a), "the receive still completes into a new buffer");
+    cr_expect_eq(a->echoed_len, 4);
+}
+
 Test(budget, allocation_failure_closes_instead_of_parking)
 {
     struct fake_sock *a = fake_accept(&f);
