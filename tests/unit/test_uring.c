@@ -792,19 +792,37 @@ Test(uring, multishot_accept_is_rearmed_when_f_more_is_clear)
     finish_and_check();
 }
 
+/* The accept's multishot ends on `res`; returns the back-off timer it armed, or NULL
+ * when the accept was re-armed at once. */
+static struct fop *accept_ends_with(int res)
+{
+    complete(pending_op(OP_ACCEPT, -1), res, 0);
+    pump();
+    struct fop *t = pending_op(OP_TIMEOUT, -1);
+    cr_assert_eq(count_pending(OP_ACCEPT), t ? 0 : 1, "an accept armed with a back-off pending");
+    return t;
+}
+
+/* srv_accept_retry_ms: the first consecutive failure re-arms at once, then the
+ * back-off doubles from 1 ms to 1 s; a success starts the count again. */
 Test(uring, accept_emfile_backs_off_then_rearms)
 {
     start();
-    complete(pending_op(OP_ACCEPT, -1), -EMFILE, 0);
-    pump();
-    cr_assert_eq(stats_get(accept_errors), 1);
-    cr_assert_eq(count_pending(OP_ACCEPT), 0, "re-armed at once: a persistent EMFILE spins");
-    struct fop *t = pending_op(OP_TIMEOUT, -1);
-    cr_assert_not_null(t, "no back-off timer after EMFILE");
-    cr_assert_eq(t->timeout_ns, 50 * 1000000LL);
-    complete(t, -ETIME, 0);
-    pump();
-    cr_assert_eq(count_pending(OP_ACCEPT), 1, "the accept was not re-armed after the back-off");
+    cr_assert_null(accept_ends_with(-EMFILE), "the first failure must re-arm at once");
+    long long want = 1000000LL;
+    for (int failure = 2; failure <= 13; failure++) {
+        struct fop *t = accept_ends_with(-EMFILE);
+        cr_assert_not_null(t, "failure %d: re-armed at once: a persistent EMFILE spins", failure);
+        cr_assert_eq(t->timeout_ns, want, "failure %d: %lld ns", failure, t->timeout_ns);
+        complete(t, -ETIME, 0);
+        pump();
+        cr_assert_eq(count_pending(OP_ACCEPT), 1, "not re-armed after the back-off");
+        want = want * 2 > 1000000000LL ? 1000000000LL : want * 2;
+    }
+    cr_assert_eq(want, 1000000000LL, "the walk did not reach the 1 s cap");
+    cr_assert_eq(stats_get(accept_errors), 13);
+    connected(); /* a success resets the streak */
+    cr_assert_null(accept_ends_with(-EMFILE), "a failure after a success must re-arm at once");
     connected();
     finish_and_check();
 }
@@ -824,9 +842,8 @@ Test(uring, accept_error_with_f_more_keeps_the_accept_armed)
 Test(uring, back_off_pending_at_stop_is_cancelled)
 {
     start();
-    complete(pending_op(OP_ACCEPT, -1), -EMFILE, 0);
-    pump();
-    cr_assert_not_null(pending_op(OP_TIMEOUT, -1));
+    cr_assert_null(accept_ends_with(-EMFILE));
+    cr_assert_not_null(accept_ends_with(-EMFILE), "the second failure arms no back-off");
     finish_and_check();
     cr_assert_eq(count_pending(OP_ACCEPT), 0, "an accept was armed during the stop");
 }
