@@ -41,7 +41,7 @@
 #define MAX_OPS 4096
 #define MAX_SQ 64
 #define MAX_CQ 256
-#define PEER_BYTES 512
+#define PEER_BYTES 16384
 #define PUMP_PASSES 64
 #define BUFFER_SIZE 64 /* cfg.buffer_size: provided buffers of 64 bytes */
 
@@ -432,15 +432,18 @@ static void teardown(void)
 
 static void pump(void);
 
-/* Starts the backend: one worker on a real listener, provided buffers of BUFFER_SIZE. */
-static void start(void)
+/* Starts the backend: one worker on a real listener, --buffer-size buffer_size and
+ * --max-buffer-bytes max_bytes (0: the default). */
+static void start_with(size_t buffer_size, size_t max_bytes)
 {
     char err[256] = "";
     config_defaults(&k.cfg);
     snprintf(k.cfg.listen_host, sizeof(k.cfg.listen_host), "127.0.0.1");
     k.cfg.listen_port = 0;
     k.cfg.threads = 1;
-    k.cfg.buffer_size = BUFFER_SIZE;
+    k.cfg.buffer_size = buffer_size;
+    if (max_bytes)
+        k.cfg.max_buffer_bytes = max_bytes;
     cr_assert_eq(srv_init(&k.srv, &k.cfg, &bk_uring), 0);
     cr_assert_eq(bk_uring.start(&k.srv, err, sizeof(err)), 0, "start: %s", err);
     for (int i = 0; i < k.nsq; i++)
@@ -449,6 +452,12 @@ static void start(void)
     cr_assert_eq(k.nsocks, 1, "start prepared no accept");
     cr_assert_not_null(k.br, "start registered no buffer ring");
     pump(); /* the worker's first pass submits the accept and the wake poll */
+}
+
+/* Starts the backend with connection buffers of BUFFER_SIZE and the default budget. */
+static void start(void)
+{
+    start_with(BUFFER_SIZE, 0);
 }
 
 static int pass(void)
@@ -1049,4 +1058,167 @@ Test(uring, stop_with_a_full_sq_still_ends_the_pending_receive_by_shutdown)
     finish();
     cr_assert_eq(fs->closes, 1);
     check();
+}
+
+/* ---- the buffer budget: bytes a provided buffer carries that find no room are held ---- */
+
+/* n bytes of a pattern that shows a lost or reordered chunk, NUL-terminated. */
+static char *pattern(char *buf, size_t n, unsigned salt)
+{
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (char)('a' + (i * 7 + i / 26 + salt) % 26);
+    buf[n] = 0;
+    return buf;
+}
+
+/* Completes every send fs has posted, and the receives that serve it, until the echo
+ * stops; returns the sends completed. */
+static int drain_echoes(struct fsock *fs)
+{
+    int sends = 0;
+    pump();
+    for (struct fop *op; sends < 64 && (op = pending_op(OP_SEND, fs->fd)); sends++) {
+        complete_send(fs, op->len);
+        pump();
+    }
+    return sends;
+}
+
+/* Total bytes of the provided buffers the backend registered. */
+static size_t provided_bytes(unsigned *count)
+{
+    size_t total = 0;
+    *count = buffers_in_ring();
+    for (unsigned i = 0; i < *count; i++)
+        total += k.br->bufs[(k.buf_head + i) & (k.nbufs - 1)].len;
+    return total;
+}
+
+/* A budget of 128 KiB grants the pool 16 KiB (two provided buffers of 8 KiB) and leaves
+ * a --buffer-size of 96 KiB + 1 no room for a full buffer: connections get the reserve's
+ * 4 KiB buffers, smaller than what one provided buffer carries. */
+#define TIGHT_BUDGET (128u << 10)
+#define NO_FULL_BUFFER (96u * 1024 + 1)
+
+Test(uring, bytes_beyond_a_small_buffer_arrive_whole_and_in_order)
+{
+    static char first[8192 + 1], second[6000 + 1], want[sizeof(first) + sizeof(second)];
+    start_with(NO_FULL_BUFFER, TIGHT_BUDGET);
+    cr_assert_eq(k.br->bufs[0].len, 8192, "provided buffers of %u bytes", k.br->bufs[0].len);
+    struct fsock *fs = connected();
+    peer_sends(fs, pattern(first, sizeof(first) - 1, 1));
+    struct fop *op;
+    pump();
+    cr_assert_not_null(op = pending_op(OP_SEND, fs->fd), "the connection was not served");
+    cr_assert_eq(op->len, 4096, "not the small buffer's worth: %u", op->len);
+    cr_assert_eq(buffers_in_ring(), k.nbufs - 1, "the rest of the buffer was not held");
+    int sends = drain_echoes(fs);
+    peer_sends(fs, pattern(second, sizeof(second) - 1, 2));
+    sends += drain_echoes(fs);
+    cr_assert_eq(sends, 4, "8192 + 6000 bytes through 4 KiB buffers: %d echoes", sends);
+    memcpy(want, first, sizeof(first) - 1);
+    memcpy(want + sizeof(first) - 1, second, sizeof(second) - 1);
+    cr_assert_eq(fs->out_len, sizeof(first) + sizeof(second) - 2);
+    cr_assert_eq(memcmp(fs->out, want, fs->out_len), 0, "the echo is not the stream in order");
+    cr_assert_eq(buffers_in_ring(), k.nbufs, "a held buffer was not recycled once consumed");
+    cr_assert_not_null(op = pending_op(OP_RECV, fs->fd));
+    cr_assert(op->buffer_select, "a receive posted while bytes are held");
+    finish_and_check();
+}
+
+/* A budget of 16 KiB: the pool gets 2 KiB (two provided buffers of 1 KiB), a first
+ * connection's 12 KiB buffer leaves no room even for a small one. */
+#define SPENT_BUDGET (16u << 10)
+#define ONE_BUFFER (12u << 10)
+
+/* Connection `a` holds the one buffer the budget has (its echo stalled), then `b`'s
+ * bytes arrive and find none: b's receive ends in EP_ENOMEM and b is parked. */
+static void budget_spent(struct fsock **a, struct fsock **b, const char *data)
+{
+    start_with(ONE_BUFFER, SPENT_BUDGET);
+    *a = echoing("a");
+    *b = connected();
+    peer_sends(*b, data);
+    pump();
+    cr_assert_eq(atomic_load(&k.srv.parked), 1, "the connection without a buffer is not parked");
+    cr_assert_not_null(k.srv.workers[0].park_head);
+    cr_assert(k.srv.workers[0].park_head->parked);
+    cr_assert_eq(stats_get(buffer_waits), 1);
+    cr_assert_null(pending_op(OP_RECV, (*b)->fd), "a receive posted for a parked connection");
+    cr_assert_null(pending_op(OP_SEND, (*b)->fd));
+    cr_assert_eq((*b)->closes, 0, "the connection was closed instead of parked");
+    cr_assert_eq(buffers_in_ring(), k.nbufs - 1, "the bytes without a buffer were not held");
+}
+
+Test(uring, no_buffer_parks_and_the_held_bytes_come_after_the_resume)
+{
+    struct fsock *a, *b;
+    budget_spent(&a, &b, "waited for budget");
+    complete_send(a, 1); /* a's buffer goes back to the budget: srv_tick resumes b */
+    pump();
+    cr_assert_eq(atomic_load(&k.srv.parked), 0, "the parked connection was not resumed");
+    struct fop *op = pending_op(OP_SEND, b->fd);
+    cr_assert_not_null(op, "the held bytes were not delivered after the resume");
+    cr_assert_eq(op->len, 17);
+    complete_send(b, 17);
+    pump();
+    cr_assert_eq(b->out_len, 17);
+    cr_assert_eq(memcmp(b->out, "waited for budget", 17), 0);
+    cr_assert_eq(buffers_in_ring(), k.nbufs);
+    finish_and_check();
+}
+
+Test(uring, a_parked_connection_freed_at_stop_returns_its_held_buffer)
+{
+    struct fsock *a, *b;
+    budget_spent(&a, &b, "never echoed");
+    finish(); /* the stop's tick frees the parked connection */
+    cr_assert_eq(b->closes, 1);
+    check(); /* every provided buffer back in the ring at exit */
+}
+
+Test(uring, a_connection_reset_while_holding_returns_the_buffer)
+{
+    static char data[8192 + 1];
+    start_with(NO_FULL_BUFFER, TIGHT_BUDGET);
+    struct fsock *fs = connected();
+    peer_sends(fs, pattern(data, sizeof(data) - 1, 3));
+    pump();
+    cr_assert_eq(buffers_in_ring(), k.nbufs - 1, "nothing was held");
+    complete(pending_op(OP_SEND, fs->fd), -ECONNRESET, 0);
+    pump();
+    cr_assert_eq(fs->closes, 1);
+    cr_assert_eq(buffers_in_ring(), k.nbufs, "the closed connection kept its held buffer");
+    connected();
+    finish_and_check();
+}
+
+/* The pool takes its grant from the budget, whatever --buffer-size asks: 64 MiB buffers
+ * and the default 256 MiB budget give one ring at most 32 MiB, in buffers of 64 KiB. */
+Test(uring, provided_buffers_stay_within_the_granted_reserve)
+{
+    start_with((size_t)64 << 20, 0);
+    unsigned count;
+    size_t total = provided_bytes(&count);
+    size_t reserved = atomic_load(&k.srv.buffer_bytes);
+    cr_assert_gt(count, 1);
+    cr_assert_leq(total, reserved, "%zu bytes in the ring, %zu reserved", total, reserved);
+    cr_assert_leq(reserved, k.cfg.max_buffer_bytes / 8, "the pool took %zu bytes", reserved);
+    cr_assert_leq(k.br->bufs[0].len, 64u << 10, "provided buffers of %u bytes", k.br->bufs[0].len);
+    struct fsock *fs = echoing("a big buffer echoes small messages");
+    complete_send(fs, 34);
+    pump();
+    cr_assert_eq(fs->out_len, 34);
+    finish_and_check();
+}
+
+Test(uring, provided_buffers_shrink_to_fit_a_small_grant)
+{
+    start_with(ONE_BUFFER, SPENT_BUDGET);
+    unsigned count;
+    size_t total = provided_bytes(&count);
+    cr_assert_geq(count, 2);
+    cr_assert_leq(total, SPENT_BUDGET / 8, "%zu bytes of provided buffers", total);
+    cr_assert_eq(atomic_load(&k.srv.buffer_bytes), SPENT_BUDGET / 8);
+    finish_and_check();
 }
