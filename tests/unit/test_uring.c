@@ -20,6 +20,7 @@
 #include "uring_ops.h"
 
 #include <criterion/criterion.h>
+#include <criterion/parameterized.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -508,10 +509,9 @@ static struct fsock *connected(void)
 
 /* The peer's bytes arrive for fs's pending receive: into the provided buffer at the
  * ring's head (-ENOBUFS when it is empty), or the plain receive's own buffer. */
-static void peer_sends(struct fsock *fs, const char *data)
+static void peer_sends_bytes(struct fsock *fs, const char *data, unsigned n)
 {
     struct fop *op = pending_op(OP_RECV, fs->fd);
-    unsigned n = (unsigned)strlen(data);
     cr_assert_not_null(op, "no receive is posted on socket %d", fs->fd);
     cr_assert_leq(n, op->len, "%u bytes for a receive of %u", n, op->len);
     if (!op->buffer_select) {
@@ -527,6 +527,12 @@ static void peer_sends(struct fsock *fs, const char *data)
     cr_assert_geq(b->len, n);
     memcpy((void *)(uintptr_t)b->addr, data, n);
     complete(op, (int)n, IORING_CQE_F_BUFFER | ((unsigned)b->bid << IORING_CQE_BUFFER_SHIFT));
+}
+
+/* The peer's string `data` arrives for fs's pending receive, as peer_sends_bytes. */
+static void peer_sends(struct fsock *fs, const char *data)
+{
+    peer_sends_bytes(fs, data, (unsigned)strlen(data));
 }
 
 /* fs's pending receive ends with res (0: EOF, or -errno) and no data. */
@@ -1221,4 +1227,138 @@ Test(uring, provided_buffers_shrink_to_fit_a_small_grant)
     cr_assert_leq(total, SPENT_BUDGET / 8, "%zu bytes of provided buffers", total);
     cr_assert_eq(atomic_load(&k.srv.buffer_bytes), SPENT_BUDGET / 8);
     finish_and_check();
+}
+
+/* ---- the Nth-call walk (issue 11): every counted call failed in turn ---- */
+
+#define WALK_CLIENTS 3
+#define WALK_BYTES 90 /* per client: several receives of at most BUFFER_SIZE */
+#define WALK_CHUNK 37 /* bytes a client writes at a time */
+#define WALK_SHORT 5  /* bytes a send takes at most: every echo is a run of short sends */
+#define WALK_STEPS 1000
+#define WALK_LIMIT 600
+
+/* One client of the walk: its socket and how much of its stream it has written. */
+struct walk_client {
+    struct fsock *fs;
+    unsigned fed;
+    int eof; /* it half-closed after writing everything */
+};
+
+static struct walk_client walkers[WALK_CLIENTS];
+
+/* Client i's bytes: distinct per client, so a mix-up shows. */
+static char walk_byte(int i, unsigned at)
+{
+    return (char)('A' + (at * 7 + (unsigned)i * 11) % 50);
+}
+
+/* One step of every client: write the next chunk (or half-close once all is written)
+ * into a pending receive, let a pending send take WALK_SHORT bytes. Returns what it did. */
+static int walk_clients_step(void)
+{
+    int acted = 0;
+    for (int i = 0; i < WALK_CLIENTS; i++) {
+        struct walk_client *wc = &walkers[i];
+        struct fsock *fs = wc->fs;
+        if (!fs || !fs->open)
+            continue;
+        struct fop *op = pending_op(OP_SEND, fs->fd);
+        if (op) {
+            complete_send(fs, op->len < WALK_SHORT ? op->len : WALK_SHORT);
+            acted++;
+        }
+        if ((op = pending_op(OP_RECV, fs->fd)) && !wc->eof) {
+            char chunk[WALK_CHUNK];
+            unsigned n = WALK_BYTES - wc->fed < WALK_CHUNK ? WALK_BYTES - wc->fed : WALK_CHUNK;
+            n = n < op->len ? n : op->len;
+            for (unsigned j = 0; j < n; j++)
+                chunk[j] = walk_byte(i, wc->fed + j);
+            if (n)
+                peer_sends_bytes(fs, chunk, n);
+            else
+                recv_ends(fs, 0);
+            wc->fed += n;
+            wc->eof = n == 0;
+            acted++;
+        }
+    }
+    return acted;
+}
+
+/* The scenario: clients connect one by one, each writes its stream in chunks, gets it
+ * back through short sends and half-closes; then a graceful stop. */
+static void walk_scenario(void)
+{
+    memset(walkers, 0, sizeof(walkers));
+    start();
+    int clients = 0, acted = 1;
+    for (int step = 0; step < WALK_STEPS && (acted || clients < WALK_CLIENTS); step++) {
+        acted = walk_clients_step();
+        if (clients < WALK_CLIENTS && pending_op(OP_ACCEPT, -1)) {
+            walkers[clients++].fs = client_connects_more(1);
+            acted++;
+        }
+        pump();
+    }
+    cr_assert_not(acted, "the walk scenario did not settle in %d steps", WALK_STEPS);
+    finish();
+}
+
+/* What every run must keep: the ring's invariants (check), and each client got back a
+ * prefix of its stream, all of it when no fault was injected. */
+static void walk_check(const char *what, int exact)
+{
+    check();
+    for (int i = 0; i < WALK_CLIENTS; i++) {
+        struct fsock *fs = walkers[i].fs;
+        cr_assert_not_null(fs, "%s: client %d never connected", what, i);
+        cr_assert_leq(fs->out_len, walkers[i].fed, "%s: client %d got more than it wrote", what, i);
+        for (size_t j = 0; j < fs->out_len; j++)
+            cr_assert_eq(fs->out[j], walk_byte(i, (unsigned)j),
+                         "%s: client %d: byte %zu is not its own", what, i, j);
+        if (exact)
+            cr_assert_eq(fs->out_len, WALK_BYTES, "%s: client %d: %zu of %d bytes", what, i,
+                         fs->out_len, WALK_BYTES);
+    }
+}
+
+/* Faults injected since the plan was enabled. */
+static uint64_t injected(void)
+{
+    uint64_t n = 0;
+    for (int kind = 0; kind < FAULT_KINDS; kind++)
+        n += fault_count((enum fault_kind)kind);
+    return n;
+}
+
+ParameterizedTestParameters(uring_faults, nth_call_walk_keeps_the_invariants)
+{
+    static int persist[] = {0, 1};
+    return cr_make_param_array(int, persist, 2);
+}
+
+ParameterizedTest(int *persist, uring_faults, nth_call_walk_keeps_the_invariants)
+{
+    char text[64];
+    int n;
+    uint64_t calls = 0;
+    for (n = 1; n <= WALK_LIMIT; n++) {
+        snprintf(text, sizeof(text), "nth=%d%s", n, *persist ? ",persist" : "");
+        setup();
+        plan(text);
+        ep_alloc_fail = fault_alloc_fails;
+        walk_scenario();
+        uint64_t faults = injected();
+        calls = fault_calls();
+        walk_check(text, faults == 0);
+        cr_assert_eq(faults == 0, calls < (uint64_t)n, "%s: %lu faults in %lu calls", text,
+                     (unsigned long)faults, (unsigned long)calls);
+        fault_disable();
+        if (faults == 0)
+            break;
+    }
+    cr_assert_gt(n, 20, "the walk ended after %d runs: the scenario makes few calls", n);
+    cr_assert_leq(n, WALK_LIMIT, "the walk never reached a fault-free run");
+    cr_assert_eq((uint64_t)n, calls + 1, "the fault-free run is the first past the horizon");
 }
