@@ -34,12 +34,23 @@
 #define CQE_BATCH 64   /* CQEs copied out per batch */
 #define MAX_BATCHES 64 /* batches per loop turn, so ticks keep their pace */
 #define BUF_GROUP 0
-#define BUF_BUDGET (8u << 20) /* provided-buffer bytes per ring, roughly */
+#define BUF_BUDGET (8u << 20)    /* provided-buffer bytes a ring asks for, at most */
+#define BUF_SIZE_MAX (64u << 10) /* a provided buffer: larger chunks gain nothing */
 #define BUF_MIN 2u
 #define BUF_MAX 256u
+#define NO_BUFFER (-1)
 
 /* What a completion is for; stored in the request that user_data points to. */
-enum op_kind { OPK_NONE, OPK_RECV, OPK_RECV_PLAIN, OPK_SEND, OPK_ACCEPT, OPK_BACKOFF, OPK_WAKE };
+enum op_kind {
+    OPK_NONE,
+    OPK_RECV,
+    OPK_RECV_PLAIN,
+    OPK_RECV_HELD, /* a receive served from the bytes c holds: a synthesized completion */
+    OPK_SEND,
+    OPK_ACCEPT,
+    OPK_BACKOFF,
+    OPK_WAKE
+};
 
 /* One posted operation. user_data points here; 0 marks completions we ignore. */
 struct ureq {
@@ -51,11 +62,16 @@ struct ureq {
 
 struct uworker;
 
-/* Per-connection backend state (conn_bk): the core posts one operation at a time. */
+/* Per-connection backend state (conn_bk): the core posts one operation at a time.
+ * Bytes of a provided buffer that did not fit the connection's buffer are held (the
+ * buffer not recycled) and delivered by the next receives before any new one is
+ * posted, so budget backpressure never loses data taken off the socket. */
 struct uconn {
     int fd;
     struct uworker *w;
     struct ureq req;
+    int held_bid;                /* the provided buffer held, or NO_BUFFER */
+    unsigned held_off, held_len; /* its bytes still to deliver */
 };
 
 /* One ring and everything only its worker thread touches. */
@@ -66,9 +82,10 @@ struct uworker {
     int index;
     int ring_ok, disabled;        /* ring created; created disabled (enable on its thread) */
     int efd;                      /* wake eventfd, polled by the ring */
-    struct io_uring_buf_ring *br; /* provided buffers: nbufs of cfg->buffer_size in bufs */
+    struct io_uring_buf_ring *br; /* provided buffers: nbufs of buf_size bytes in bufs */
     unsigned char *bufs;
-    unsigned nbufs;
+    unsigned nbufs, entries; /* buffers, and ring entries (a power of two >= nbufs) */
+    size_t buf_size;
     struct ureq accept_req, backoff_req, wake_req;
     struct __kernel_timespec backoff_ts;    /* read by the kernel while the timeout is armed */
     int accept_armed, backoff_armed;        /* their final CQE is still to come */
@@ -171,12 +188,11 @@ static void defer(struct uworker *w, struct ureq *r, int res)
     w->deferred_tail = &r->next;
 }
 
-/* Hands a provided buffer back to the ring at once, whatever becomes of its data. */
+/* Hands a provided buffer back to the ring, its bytes all delivered or no longer wanted. */
 static void recycle_buffer(struct uworker *w, unsigned bid)
 {
-    size_t size = w->srv->cfg->buffer_size;
-    io_uring_buf_ring_add(w->br, w->bufs + (size_t)bid * size, (unsigned)size, (unsigned short)bid,
-                          io_uring_buf_ring_mask(w->nbufs), 0);
+    io_uring_buf_ring_add(w->br, w->bufs + (size_t)bid * w->buf_size, (unsigned)w->buf_size,
+                          (unsigned short)bid, io_uring_buf_ring_mask(w->entries), 0);
     io_uring_buf_ring_advance(w->br, 1);
 }
 
@@ -280,6 +296,7 @@ static void hand_off(struct uworker *w, int fd)
     struct uconn *u = conn_bk(c);
     u->fd = fd;
     u->w = w;
+    u->held_bid = NO_BUFFER;
     conn_start(c);
 }
 
@@ -366,14 +383,20 @@ static struct ureq *begin_op(struct uconn *u, unsigned char kind)
     return &u->req;
 }
 
-/* Posts a receive into a provided buffer of the ring: nothing is pinned while idle. */
+/* Posts a receive into a provided buffer of the ring (nothing is pinned while idle),
+ * or, when c holds bytes, queues their delivery instead. */
 static void uring_recv(struct conn *c)
 {
     struct uconn *u = conn_bk(c);
-    size_t len = c->srv->cfg->buffer_size;
+    size_t len = u->w->buf_size;
     struct ureq *r = begin_op(u, OPK_RECV);
     if (fault_active() && realise(u, fault_recv_action(c->id, c->recv_ops), &len))
         return;
+    if (u->held_bid != NO_BUFFER) {
+        r->kind = OPK_RECV_HELD;
+        defer(u->w, r, 0);
+        return;
+    }
     struct io_uring_sqe *sqe = get_sqe(u->w);
     if (!sqe) {
         defer(u->w, r, -EBUSY);
@@ -419,17 +442,33 @@ static void uring_send(struct conn *c, const char *buf, size_t len)
     io_uring_sqe_set_data(sqe, r);
 }
 
-/* Copies n received bytes into the connection's buffer: n, or an EP_E* code. */
-static long copy_in(struct conn *c, const unsigned char *src, int n)
+/* Copies what fits of the held bytes into the connection's buffer, recycling the
+ * provided buffer once all are delivered: bytes copied, or EP_ENOMEM when there is
+ * no connection buffer (the bytes stay held). */
+static long deliver_held(struct uconn *u, struct conn *c)
 {
     size_t cap;
     void *dst = conn_recv_buffer(c, &cap);
     if (!dst)
         return EP_ENOMEM;
-    if ((size_t)n > cap)
-        return EP_EIO; /* cannot happen: provided buffers are cap bytes */
-    memcpy(dst, src, (size_t)n);
-    return n;
+    size_t n = u->held_len < cap ? u->held_len : cap;
+    memcpy(dst, u->w->bufs + (size_t)u->held_bid * u->w->buf_size + u->held_off, n);
+    u->held_off += (unsigned)n;
+    u->held_len -= (unsigned)n;
+    if (u->held_len == 0) {
+        recycle_buffer(u->w, (unsigned)u->held_bid);
+        u->held_bid = NO_BUFFER;
+    }
+    return (long)n;
+}
+
+/* Gives back the provided buffer c holds, if any, its bytes no longer wanted. */
+static void drop_held(struct uconn *u)
+{
+    if (u->held_bid != NO_BUFFER)
+        recycle_buffer(u->w, (unsigned)u->held_bid);
+    u->held_bid = NO_BUFFER;
+    u->held_len = 0;
 }
 
 /* Completes c's posted operation with a kernel result (or a synthesized one). */
@@ -440,9 +479,16 @@ static void complete_op(struct uworker *w, struct ureq *r, int res, unsigned fla
     long n = res < 0 ? translate_error(res) : res;
     if (flags & IORING_CQE_F_BUFFER) {
         unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-        if (res > 0)
-            n = copy_in(c, w->bufs + (size_t)bid * w->srv->cfg->buffer_size, res);
-        recycle_buffer(w, bid); /* on every path, closing included */
+        if (res > 0) {
+            u->held_bid = (int)bid;
+            u->held_off = 0;
+            u->held_len = (unsigned)res;
+            n = deliver_held(u, c);
+        } else {
+            recycle_buffer(w, bid);
+        }
+    } else if (r->kind == OPK_RECV_HELD) {
+        n = deliver_held(u, c);
     }
     if (r->fail_reset)
         n = EP_ECONNRESET;
@@ -473,10 +519,11 @@ static void uring_cancel(struct conn *c)
     uring_ops.submit(&u->w->ring);
 }
 
-/* Closes c's socket once, when the core frees c. */
+/* Closes c's socket once and gives back the buffer it holds, when the core frees c. */
 static void uring_release(struct conn *c)
 {
     struct uconn *u = conn_bk(c);
+    drop_held(u);
     if (u->fd >= 0)
         close_socket(u->fd);
     u->fd = -1;
@@ -687,37 +734,52 @@ static int init_ring(struct uworker *w)
     return rc;
 }
 
-/* Registers w's provided-buffer ring, filled with buffers of cfg->buffer_size so a
- * received chunk always fits the connection's buffer. */
+/* Sizes w's provided buffers within the share of the buffer budget srv_pool_reserve
+ * grants: up to BUF_MAX buffers of min(buffer_size, BUF_SIZE_MAX) bytes, smaller ones
+ * when the grant cannot hold BUF_MIN of those (a connection's buffer of any size
+ * works: what does not fit it is held). */
+static void size_buffers(struct uworker *w)
+{
+    size_t size = w->srv->cfg->buffer_size < BUF_SIZE_MAX ? w->srv->cfg->buffer_size : BUF_SIZE_MAX;
+    size_t n = BUF_BUDGET / size < BUF_MAX ? BUF_BUDGET / size : BUF_MAX;
+    size_t granted = srv_pool_reserve(w->srv, (n < BUF_MIN ? BUF_MIN : n) * size);
+    n = granted / size;
+    if (n < BUF_MIN) {
+        n = BUF_MIN;
+        size = granted / BUF_MIN > 0 ? granted / BUF_MIN : 1; /* a budget of a few bytes */
+    }
+    w->nbufs = (unsigned)n;
+    w->buf_size = size;
+    for (w->entries = 1; w->entries < w->nbufs; w->entries <<= 1) {
+    }
+}
+
+/* Registers w's provided-buffer ring and fills it. */
 static int init_buffers(struct uworker *w)
 {
-    size_t size = w->srv->cfg->buffer_size;
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    unsigned n = BUF_MAX;
-    while (n > BUF_MIN && (size_t)n * size > BUF_BUDGET)
-        n >>= 1;
-    size_t ring_bytes = n * sizeof(struct io_uring_buf);
+    size_buffers(w);
+    size_t ring_bytes = w->entries * sizeof(struct io_uring_buf);
     void *mem = NULL;
     if (posix_memalign(&mem, page, ring_bytes < page ? page : ring_bytes))
         return -ENOMEM;
     w->br = mem;
-    w->bufs = malloc((size_t)n * size);
+    w->bufs = malloc(w->nbufs * w->buf_size);
     if (!w->bufs)
         return -ENOMEM;
-    w->nbufs = n;
     struct io_uring_buf_reg reg;
     memset(&reg, 0, sizeof(reg));
     reg.ring_addr = (uint64_t)(uintptr_t)w->br;
-    reg.ring_entries = n;
+    reg.ring_entries = w->entries;
     reg.bgid = BUF_GROUP;
     int rc = uring_ops.register_buf_ring(&w->ring, &reg, 0);
     if (rc)
         return rc;
     io_uring_buf_ring_init(w->br);
-    for (unsigned i = 0; i < n; i++)
-        io_uring_buf_ring_add(w->br, w->bufs + (size_t)i * size, (unsigned)size, (unsigned short)i,
-                              io_uring_buf_ring_mask(n), (int)i);
-    io_uring_buf_ring_advance(w->br, (int)n);
+    for (unsigned i = 0; i < w->nbufs; i++)
+        io_uring_buf_ring_add(w->br, w->bufs + (size_t)i * w->buf_size, (unsigned)w->buf_size,
+                              (unsigned short)i, io_uring_buf_ring_mask(w->entries), (int)i);
+    io_uring_buf_ring_advance(w->br, (int)w->nbufs);
     return 0;
 }
 

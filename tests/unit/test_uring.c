@@ -20,6 +20,7 @@
 #include "uring_ops.h"
 
 #include <criterion/criterion.h>
+#include <criterion/parameterized.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -41,7 +42,7 @@
 #define MAX_OPS 4096
 #define MAX_SQ 64
 #define MAX_CQ 256
-#define PEER_BYTES 512
+#define PEER_BYTES 16384
 #define PUMP_PASSES 64
 #define BUFFER_SIZE 64 /* cfg.buffer_size: provided buffers of 64 bytes */
 
@@ -432,15 +433,18 @@ static void teardown(void)
 
 static void pump(void);
 
-/* Starts the backend: one worker on a real listener, provided buffers of BUFFER_SIZE. */
-static void start(void)
+/* Starts the backend: one worker on a real listener, --buffer-size buffer_size and
+ * --max-buffer-bytes max_bytes (0: the default). */
+static void start_with(size_t buffer_size, size_t max_bytes)
 {
     char err[256] = "";
     config_defaults(&k.cfg);
     snprintf(k.cfg.listen_host, sizeof(k.cfg.listen_host), "127.0.0.1");
     k.cfg.listen_port = 0;
     k.cfg.threads = 1;
-    k.cfg.buffer_size = BUFFER_SIZE;
+    k.cfg.buffer_size = buffer_size;
+    if (max_bytes)
+        k.cfg.max_buffer_bytes = max_bytes;
     cr_assert_eq(srv_init(&k.srv, &k.cfg, &bk_uring), 0);
     cr_assert_eq(bk_uring.start(&k.srv, err, sizeof(err)), 0, "start: %s", err);
     for (int i = 0; i < k.nsq; i++)
@@ -449,6 +453,12 @@ static void start(void)
     cr_assert_eq(k.nsocks, 1, "start prepared no accept");
     cr_assert_not_null(k.br, "start registered no buffer ring");
     pump(); /* the worker's first pass submits the accept and the wake poll */
+}
+
+/* Starts the backend with connection buffers of BUFFER_SIZE and the default budget. */
+static void start(void)
+{
+    start_with(BUFFER_SIZE, 0);
 }
 
 static int pass(void)
@@ -499,10 +509,9 @@ static struct fsock *connected(void)
 
 /* The peer's bytes arrive for fs's pending receive: into the provided buffer at the
  * ring's head (-ENOBUFS when it is empty), or the plain receive's own buffer. */
-static void peer_sends(struct fsock *fs, const char *data)
+static void peer_sends_bytes(struct fsock *fs, const char *data, unsigned n)
 {
     struct fop *op = pending_op(OP_RECV, fs->fd);
-    unsigned n = (unsigned)strlen(data);
     cr_assert_not_null(op, "no receive is posted on socket %d", fs->fd);
     cr_assert_leq(n, op->len, "%u bytes for a receive of %u", n, op->len);
     if (!op->buffer_select) {
@@ -518,6 +527,12 @@ static void peer_sends(struct fsock *fs, const char *data)
     cr_assert_geq(b->len, n);
     memcpy((void *)(uintptr_t)b->addr, data, n);
     complete(op, (int)n, IORING_CQE_F_BUFFER | ((unsigned)b->bid << IORING_CQE_BUFFER_SHIFT));
+}
+
+/* The peer's string `data` arrives for fs's pending receive, as peer_sends_bytes. */
+static void peer_sends(struct fsock *fs, const char *data)
+{
+    peer_sends_bytes(fs, data, (unsigned)strlen(data));
 }
 
 /* fs's pending receive ends with res (0: EOF, or -errno) and no data. */
@@ -792,19 +807,37 @@ Test(uring, multishot_accept_is_rearmed_when_f_more_is_clear)
     finish_and_check();
 }
 
+/* The accept's multishot ends on `res`; returns the back-off timer it armed, or NULL
+ * when the accept was re-armed at once. */
+static struct fop *accept_ends_with(int res)
+{
+    complete(pending_op(OP_ACCEPT, -1), res, 0);
+    pump();
+    struct fop *t = pending_op(OP_TIMEOUT, -1);
+    cr_assert_eq(count_pending(OP_ACCEPT), t ? 0 : 1, "an accept armed with a back-off pending");
+    return t;
+}
+
+/* srv_accept_retry_ms: the first consecutive failure re-arms at once, then the
+ * back-off doubles from 1 ms to 1 s; a success starts the count again. */
 Test(uring, accept_emfile_backs_off_then_rearms)
 {
     start();
-    complete(pending_op(OP_ACCEPT, -1), -EMFILE, 0);
-    pump();
-    cr_assert_eq(stats_get(accept_errors), 1);
-    cr_assert_eq(count_pending(OP_ACCEPT), 0, "re-armed at once: a persistent EMFILE spins");
-    struct fop *t = pending_op(OP_TIMEOUT, -1);
-    cr_assert_not_null(t, "no back-off timer after EMFILE");
-    cr_assert_eq(t->timeout_ns, 50 * 1000000LL);
-    complete(t, -ETIME, 0);
-    pump();
-    cr_assert_eq(count_pending(OP_ACCEPT), 1, "the accept was not re-armed after the back-off");
+    cr_assert_null(accept_ends_with(-EMFILE), "the first failure must re-arm at once");
+    long long want = 1000000LL;
+    for (int failure = 2; failure <= 13; failure++) {
+        struct fop *t = accept_ends_with(-EMFILE);
+        cr_assert_not_null(t, "failure %d: re-armed at once: a persistent EMFILE spins", failure);
+        cr_assert_eq(t->timeout_ns, want, "failure %d: %lld ns", failure, t->timeout_ns);
+        complete(t, -ETIME, 0);
+        pump();
+        cr_assert_eq(count_pending(OP_ACCEPT), 1, "not re-armed after the back-off");
+        want = want * 2 > 1000000000LL ? 1000000000LL : want * 2;
+    }
+    cr_assert_eq(want, 1000000000LL, "the walk did not reach the 1 s cap");
+    cr_assert_eq(stats_get(accept_errors), 13);
+    connected(); /* a success resets the streak */
+    cr_assert_null(accept_ends_with(-EMFILE), "a failure after a success must re-arm at once");
     connected();
     finish_and_check();
 }
@@ -824,9 +857,8 @@ Test(uring, accept_error_with_f_more_keeps_the_accept_armed)
 Test(uring, back_off_pending_at_stop_is_cancelled)
 {
     start();
-    complete(pending_op(OP_ACCEPT, -1), -EMFILE, 0);
-    pump();
-    cr_assert_not_null(pending_op(OP_TIMEOUT, -1));
+    cr_assert_null(accept_ends_with(-EMFILE));
+    cr_assert_not_null(accept_ends_with(-EMFILE), "the second failure arms no back-off");
     finish_and_check();
     cr_assert_eq(count_pending(OP_ACCEPT), 0, "an accept was armed during the stop");
 }
@@ -1032,4 +1064,301 @@ Test(uring, stop_with_a_full_sq_still_ends_the_pending_receive_by_shutdown)
     finish();
     cr_assert_eq(fs->closes, 1);
     check();
+}
+
+/* ---- the buffer budget: bytes a provided buffer carries that find no room are held ---- */
+
+/* n bytes of a pattern that shows a lost or reordered chunk, NUL-terminated. */
+static char *pattern(char *buf, size_t n, unsigned salt)
+{
+    for (size_t i = 0; i < n; i++)
+        buf[i] = (char)('a' + (i * 7 + i / 26 + salt) % 26);
+    buf[n] = 0;
+    return buf;
+}
+
+/* Completes every send fs has posted, and the receives that serve it, until the echo
+ * stops; returns the sends completed. */
+static int drain_echoes(struct fsock *fs)
+{
+    int sends = 0;
+    pump();
+    for (struct fop *op; sends < 64 && (op = pending_op(OP_SEND, fs->fd)); sends++) {
+        complete_send(fs, op->len);
+        pump();
+    }
+    return sends;
+}
+
+/* Total bytes of the provided buffers the backend registered. */
+static size_t provided_bytes(unsigned *count)
+{
+    size_t total = 0;
+    *count = buffers_in_ring();
+    for (unsigned i = 0; i < *count; i++)
+        total += k.br->bufs[(k.buf_head + i) & (k.nbufs - 1)].len;
+    return total;
+}
+
+/* A budget of 128 KiB grants the pool 16 KiB (two provided buffers of 8 KiB) and leaves
+ * a --buffer-size of 96 KiB + 1 no room for a full buffer: connections get the reserve's
+ * 4 KiB buffers, smaller than what one provided buffer carries. */
+#define TIGHT_BUDGET (128u << 10)
+#define NO_FULL_BUFFER (96u * 1024 + 1)
+
+Test(uring, bytes_beyond_a_small_buffer_arrive_whole_and_in_order)
+{
+    static char first[8192 + 1], second[6000 + 1], want[sizeof(first) + sizeof(second)];
+    start_with(NO_FULL_BUFFER, TIGHT_BUDGET);
+    cr_assert_eq(k.br->bufs[0].len, 8192, "provided buffers of %u bytes", k.br->bufs[0].len);
+    struct fsock *fs = connected();
+    peer_sends(fs, pattern(first, sizeof(first) - 1, 1));
+    struct fop *op;
+    pump();
+    cr_assert_not_null(op = pending_op(OP_SEND, fs->fd), "the connection was not served");
+    cr_assert_eq(op->len, 4096, "not the small buffer's worth: %u", op->len);
+    cr_assert_eq(buffers_in_ring(), k.nbufs - 1, "the rest of the buffer was not held");
+    int sends = drain_echoes(fs);
+    peer_sends(fs, pattern(second, sizeof(second) - 1, 2));
+    sends += drain_echoes(fs);
+    cr_assert_eq(sends, 4, "8192 + 6000 bytes through 4 KiB buffers: %d echoes", sends);
+    memcpy(want, first, sizeof(first) - 1);
+    memcpy(want + sizeof(first) - 1, second, sizeof(second) - 1);
+    cr_assert_eq(fs->out_len, sizeof(first) + sizeof(second) - 2);
+    cr_assert_eq(memcmp(fs->out, want, fs->out_len), 0, "the echo is not the stream in order");
+    cr_assert_eq(buffers_in_ring(), k.nbufs, "a held buffer was not recycled once consumed");
+    cr_assert_not_null(op = pending_op(OP_RECV, fs->fd));
+    cr_assert(op->buffer_select, "a receive posted while bytes are held");
+    finish_and_check();
+}
+
+/* A budget of 16 KiB: the pool gets 2 KiB (two provided buffers of 1 KiB), a first
+ * connection's 12 KiB buffer leaves no room even for a small one. */
+#define SPENT_BUDGET (16u << 10)
+#define ONE_BUFFER (12u << 10)
+
+/* Connection `a` holds the one buffer the budget has (its echo stalled), then `b`'s
+ * bytes arrive and find none: b's receive ends in EP_ENOMEM and b is parked. */
+static void budget_spent(struct fsock **a, struct fsock **b, const char *data)
+{
+    start_with(ONE_BUFFER, SPENT_BUDGET);
+    *a = echoing("a");
+    *b = connected();
+    peer_sends(*b, data);
+    pump();
+    cr_assert_eq(atomic_load(&k.srv.parked), 1, "the connection without a buffer is not parked");
+    cr_assert_not_null(k.srv.workers[0].park_head);
+    cr_assert(k.srv.workers[0].park_head->parked);
+    cr_assert_eq(stats_get(buffer_waits), 1);
+    cr_assert_null(pending_op(OP_RECV, (*b)->fd), "a receive posted for a parked connection");
+    cr_assert_null(pending_op(OP_SEND, (*b)->fd));
+    cr_assert_eq((*b)->closes, 0, "the connection was closed instead of parked");
+    cr_assert_eq(buffers_in_ring(), k.nbufs - 1, "the bytes without a buffer were not held");
+}
+
+Test(uring, no_buffer_parks_and_the_held_bytes_come_after_the_resume)
+{
+    struct fsock *a, *b;
+    budget_spent(&a, &b, "waited for budget");
+    complete_send(a, 1); /* a's buffer goes back to the budget: srv_tick resumes b */
+    pump();
+    cr_assert_eq(atomic_load(&k.srv.parked), 0, "the parked connection was not resumed");
+    struct fop *op = pending_op(OP_SEND, b->fd);
+    cr_assert_not_null(op, "the held bytes were not delivered after the resume");
+    cr_assert_eq(op->len, 17);
+    complete_send(b, 17);
+    pump();
+    cr_assert_eq(b->out_len, 17);
+    cr_assert_eq(memcmp(b->out, "waited for budget", 17), 0);
+    cr_assert_eq(buffers_in_ring(), k.nbufs);
+    finish_and_check();
+}
+
+Test(uring, a_parked_connection_freed_at_stop_returns_its_held_buffer)
+{
+    struct fsock *a, *b;
+    budget_spent(&a, &b, "never echoed");
+    finish(); /* the stop's tick frees the parked connection */
+    cr_assert_eq(b->closes, 1);
+    check(); /* every provided buffer back in the ring at exit */
+}
+
+Test(uring, a_connection_reset_while_holding_returns_the_buffer)
+{
+    static char data[8192 + 1];
+    start_with(NO_FULL_BUFFER, TIGHT_BUDGET);
+    struct fsock *fs = connected();
+    peer_sends(fs, pattern(data, sizeof(data) - 1, 3));
+    pump();
+    cr_assert_eq(buffers_in_ring(), k.nbufs - 1, "nothing was held");
+    complete(pending_op(OP_SEND, fs->fd), -ECONNRESET, 0);
+    pump();
+    cr_assert_eq(fs->closes, 1);
+    cr_assert_eq(buffers_in_ring(), k.nbufs, "the closed connection kept its held buffer");
+    connected();
+    finish_and_check();
+}
+
+/* The pool takes its grant from the budget, whatever --buffer-size asks: 64 MiB buffers
+ * and the default 256 MiB budget give one ring at most 32 MiB, in buffers of 64 KiB. */
+Test(uring, provided_buffers_stay_within_the_granted_reserve)
+{
+    start_with((size_t)64 << 20, 0);
+    unsigned count;
+    size_t total = provided_bytes(&count);
+    size_t reserved = atomic_load(&k.srv.buffer_bytes);
+    cr_assert_gt(count, 1);
+    cr_assert_leq(total, reserved, "%zu bytes in the ring, %zu reserved", total, reserved);
+    cr_assert_leq(reserved, k.cfg.max_buffer_bytes / 8, "the pool took %zu bytes", reserved);
+    cr_assert_leq(k.br->bufs[0].len, 64u << 10, "provided buffers of %u bytes", k.br->bufs[0].len);
+    struct fsock *fs = echoing("a big buffer echoes small messages");
+    complete_send(fs, 34);
+    pump();
+    cr_assert_eq(fs->out_len, 34);
+    finish_and_check();
+}
+
+Test(uring, provided_buffers_shrink_to_fit_a_small_grant)
+{
+    start_with(ONE_BUFFER, SPENT_BUDGET);
+    unsigned count;
+    size_t total = provided_bytes(&count);
+    cr_assert_geq(count, 2);
+    cr_assert_leq(total, SPENT_BUDGET / 8, "%zu bytes of provided buffers", total);
+    cr_assert_eq(atomic_load(&k.srv.buffer_bytes), SPENT_BUDGET / 8);
+    finish_and_check();
+}
+
+/* ---- the Nth-call walk (issue 11): every counted call failed in turn ---- */
+
+#define WALK_CLIENTS 3
+#define WALK_BYTES 90 /* per client: several receives of at most BUFFER_SIZE */
+#define WALK_CHUNK 37 /* bytes a client writes at a time */
+#define WALK_SHORT 5  /* bytes a send takes at most: every echo is a run of short sends */
+#define WALK_STEPS 1000
+#define WALK_LIMIT 600
+
+/* One client of the walk: its socket and how much of its stream it has written. */
+struct walk_client {
+    struct fsock *fs;
+    unsigned fed;
+    int eof; /* it half-closed after writing everything */
+};
+
+static struct walk_client walkers[WALK_CLIENTS];
+
+/* Client i's bytes: distinct per client, so a mix-up shows. */
+static char walk_byte(int i, unsigned at)
+{
+    return (char)('A' + (at * 7 + (unsigned)i * 11) % 50);
+}
+
+/* One step of every client: write the next chunk (or half-close once all is written)
+ * into a pending receive, let a pending send take WALK_SHORT bytes. Returns what it did. */
+static int walk_clients_step(void)
+{
+    int acted = 0;
+    for (int i = 0; i < WALK_CLIENTS; i++) {
+        struct walk_client *wc = &walkers[i];
+        struct fsock *fs = wc->fs;
+        if (!fs || !fs->open)
+            continue;
+        struct fop *op = pending_op(OP_SEND, fs->fd);
+        if (op) {
+            complete_send(fs, op->len < WALK_SHORT ? op->len : WALK_SHORT);
+            acted++;
+        }
+        if ((op = pending_op(OP_RECV, fs->fd)) && !wc->eof) {
+            char chunk[WALK_CHUNK];
+            unsigned n = WALK_BYTES - wc->fed < WALK_CHUNK ? WALK_BYTES - wc->fed : WALK_CHUNK;
+            n = n < op->len ? n : op->len;
+            for (unsigned j = 0; j < n; j++)
+                chunk[j] = walk_byte(i, wc->fed + j);
+            if (n)
+                peer_sends_bytes(fs, chunk, n);
+            else
+                recv_ends(fs, 0);
+            wc->fed += n;
+            wc->eof = n == 0;
+            acted++;
+        }
+    }
+    return acted;
+}
+
+/* The scenario: clients connect one by one, each writes its stream in chunks, gets it
+ * back through short sends and half-closes; then a graceful stop. */
+static void walk_scenario(void)
+{
+    memset(walkers, 0, sizeof(walkers));
+    start();
+    int clients = 0, acted = 1;
+    for (int step = 0; step < WALK_STEPS && (acted || clients < WALK_CLIENTS); step++) {
+        acted = walk_clients_step();
+        if (clients < WALK_CLIENTS && pending_op(OP_ACCEPT, -1)) {
+            walkers[clients++].fs = client_connects_more(1);
+            acted++;
+        }
+        pump();
+    }
+    cr_assert_not(acted, "the walk scenario did not settle in %d steps", WALK_STEPS);
+    finish();
+}
+
+/* What every run must keep: the ring's invariants (check), and each client got back a
+ * prefix of its stream, all of it when no fault was injected. */
+static void walk_check(const char *what, int exact)
+{
+    check();
+    for (int i = 0; i < WALK_CLIENTS; i++) {
+        struct fsock *fs = walkers[i].fs;
+        cr_assert_not_null(fs, "%s: client %d never connected", what, i);
+        cr_assert_leq(fs->out_len, walkers[i].fed, "%s: client %d got more than it wrote", what, i);
+        for (size_t j = 0; j < fs->out_len; j++)
+            cr_assert_eq(fs->out[j], walk_byte(i, (unsigned)j),
+                         "%s: client %d: byte %zu is not its own", what, i, j);
+        if (exact)
+            cr_assert_eq(fs->out_len, WALK_BYTES, "%s: client %d: %zu of %d bytes", what, i,
+                         fs->out_len, WALK_BYTES);
+    }
+}
+
+/* Faults injected since the plan was enabled. */
+static uint64_t injected(void)
+{
+    uint64_t n = 0;
+    for (int kind = 0; kind < FAULT_KINDS; kind++)
+        n += fault_count((enum fault_kind)kind);
+    return n;
+}
+
+ParameterizedTestParameters(uring_faults, nth_call_walk_keeps_the_invariants)
+{
+    static int persist[] = {0, 1};
+    return cr_make_param_array(int, persist, 2);
+}
+
+ParameterizedTest(int *persist, uring_faults, nth_call_walk_keeps_the_invariants)
+{
+    char text[64];
+    int n;
+    uint64_t calls = 0;
+    for (n = 1; n <= WALK_LIMIT; n++) {
+        snprintf(text, sizeof(text), "nth=%d%s", n, *persist ? ",persist" : "");
+        setup();
+        plan(text);
+        ep_alloc_fail = fault_alloc_fails;
+        walk_scenario();
+        uint64_t faults = injected();
+        calls = fault_calls();
+        walk_check(text, faults == 0);
+        cr_assert_eq(faults == 0, calls < (uint64_t)n, "%s: %lu faults in %lu calls", text,
+                     (unsigned long)faults, (unsigned long)calls);
+        fault_disable();
+        if (faults == 0)
+            break;
+    }
+    cr_assert_gt(n, 20, "the walk ended after %d runs: the scenario makes few calls", n);
+    cr_assert_leq(n, WALK_LIMIT, "the walk never reached a fault-free run");
+    cr_assert_eq((uint64_t)n, calls + 1, "the fault-free run is the first past the horizon");
 }
