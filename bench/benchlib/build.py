@@ -1,5 +1,7 @@
 """Builds what the benchmark runs: echoport (CMake presets) and the peers (bench/Makefile)."""
+import os
 import subprocess
+import sys
 
 from .procs import BUILD, ROOT, say
 
@@ -14,6 +16,15 @@ def _run(cmd, what):
     if r.returncode != 0:
         say(f"{what} failed:\n" + r.stdout.decode(errors="replace")[-3000:])
     return r.returncode == 0
+
+
+def dependencies():
+    """Installs the peers' libraries and the plotting and perf packages (ci/setup with
+    ECHOPORT_SETUP_BENCH=1: idempotent, quiet when everything is there)."""
+    r = subprocess.run(["bash", "ci/setup"], cwd=ROOT, env=dict(os.environ, ECHOPORT_SETUP_BENCH="1"),
+                       timeout=1800)
+    if r.returncode != 0:
+        sys.exit("bench/run: ci/setup failed: cannot install the benchmark's packages")
 
 
 def echoport_linux():
