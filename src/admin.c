@@ -18,7 +18,6 @@
 #define ADMIN_SEND_FLAGS 0
 #else
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #define admin_poll(fds, n, ms) poll((fds), (nfds_t)(n), (ms))
 #define ADMIN_SEND_FLAGS MSG_NOSIGNAL
@@ -49,18 +48,6 @@ static int would_block(void)
     return WSAGetLastError() == WSAEWOULDBLOCK;
 #else
     return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
-#endif
-}
-
-/* Makes s non-blocking; 0 or -1. */
-static int set_nonblocking(net_socket s)
-{
-#ifdef _WIN32
-    u_long on = 1;
-    return ioctlsocket(s, FIONBIO, &on) == 0 ? 0 : -1;
-#else
-    int flags = fcntl(s, F_GETFL);
-    return flags < 0 || fcntl(s, F_SETFL, flags | O_NONBLOCK) < 0 ? -1 : 0;
 #endif
 }
 
@@ -194,7 +181,7 @@ static void admin_accept(struct admin *a, int64_t now)
                 a->accept_retry_ms = now + ADMIN_WAIT_MS;
             return;
         }
-        if (set_nonblocking(s)) {
+        if (net_set_nonblocking(s)) {
             net_close(s);
             continue;
         }
@@ -270,7 +257,7 @@ int admin_start(struct admin *a, struct server *srv, unsigned port, char *err, s
     a->listener = socket(AF_INET, SOCK_STREAM, 0);
     if (a->listener == NET_INVALID || bind(a->listener, (struct sockaddr *)&addr, sizeof(addr)) ||
         listen(a->listener, 2 * ADMIN_CLIENTS_MAX) ||
-        getsockname(a->listener, (struct sockaddr *)&addr, &len) || set_nonblocking(a->listener)) {
+        getsockname(a->listener, (struct sockaddr *)&addr, &len) || net_set_nonblocking(a->listener)) {
         snprintf(err, errlen, "cannot open admin port 127.0.0.1:%u: %s", port, net_last_error());
         if (a->listener != NET_INVALID)
             net_close(a->listener);

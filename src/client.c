@@ -20,7 +20,6 @@
 #define file_tell _ftelli64
 typedef int io_len;
 #else
-#include <fcntl.h>
 #include <sys/select.h>
 #include <unistd.h>
 #define SEND_FLAGS MSG_NOSIGNAL /* a closed peer must be an error, not SIGPIPE */
@@ -164,18 +163,6 @@ static const char *sock_strerror(int err)
 #endif
 }
 
-/* Puts s in non-blocking mode; 0 or -1. */
-static int sock_set_nonblocking(net_socket s)
-{
-#ifdef _WIN32
-    u_long on = 1;
-    return ioctlsocket(s, FIONBIO, &on) == 0 ? 0 : -1;
-#else
-    int flags = fcntl(s, F_GETFL);
-    return flags >= 0 && fcntl(s, F_SETFL, flags | O_NONBLOCK) == 0 ? 0 : -1;
-#endif
-}
-
 /* Waits up to ms for s to be readable or (want_write) writable. A pending error
  * (Winsock reports a failed connect in the except set) counts as both. 0 or -1. */
 static int sock_wait(net_socket s, int want_write, int64_t ms, int *readable, int *writable)
@@ -307,7 +294,7 @@ static net_socket echo_connect(struct echo *e, const struct options *o, int64_t 
     if (!err && s >= FD_SETSIZE)
         err = EMFILE; /* select() cannot watch it */
 #endif
-    if (!err && sock_set_nonblocking(s))
+    if (!err && net_set_nonblocking(s))
         err = sock_errno();
     if (!err && connect(s, (const struct sockaddr *)&o->addr, o->addrlen) != 0)
         err = sock_errno();

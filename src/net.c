@@ -15,6 +15,12 @@ int net_init(void)
 
 void net_close(net_socket s) { closesocket(s); }
 
+int net_set_nonblocking(net_socket s)
+{
+    u_long on = 1;
+    return ioctlsocket(s, FIONBIO, &on) == 0 ? 0 : -1;
+}
+
 const char *net_last_error(void)
 {
     static _Thread_local char text[64];
@@ -23,11 +29,18 @@ const char *net_last_error(void)
 }
 #else
 #include <errno.h>
+#include <fcntl.h>
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <unistd.h>
 
 int net_init(void) { return 0; }
+
+int net_set_nonblocking(net_socket s)
+{
+    int flags = fcntl(s, F_GETFL);
+    return flags >= 0 && fcntl(s, F_SETFL, flags | O_NONBLOCK) == 0 ? 0 : -1;
+}
 
 void net_close(net_socket s) { close(s); }
 

@@ -31,6 +31,9 @@ void net_format(const struct sockaddr *sa, char *buf, size_t len);
 /* Closes a plain (non-shimmed) socket: the admin port's and the client's. */
 void net_close(net_socket s);
 
+/* Puts a plain socket in non-blocking mode; 0 or -1. */
+int net_set_nonblocking(net_socket s);
+
 /* The last socket error of this thread as text. */
 const char *net_last_error(void);
 
