@@ -104,6 +104,11 @@ static BOOL WINAPI dflt_SetFileCompletionNotificationModes(HANDLE h, UCHAR flags
     return SetFileCompletionNotificationModes(h, flags);
 }
 
+static BOOL WINAPI dflt_CancelIoEx(HANDLE h, LPOVERLAPPED ov)
+{
+    return CancelIoEx(h, ov);
+}
+
 #define SHIM_ENTRY(id) [SHIM_##id] = {#id, (void *)dflt_##id, (void *)dflt_##id}
 
 struct shim_entry shim_table[SHIM_COUNT] = {
@@ -123,6 +128,7 @@ struct shim_entry shim_table[SHIM_COUNT] = {
     SHIM_ENTRY(GetQueuedCompletionStatusEx),
     SHIM_ENTRY(PostQueuedCompletionStatus),
     SHIM_ENTRY(SetFileCompletionNotificationModes),
+    SHIM_ENTRY(CancelIoEx),
 };
 
 /* The entry called `name`, or NULL. */

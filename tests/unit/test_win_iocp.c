@@ -128,6 +128,11 @@ static struct {
     int post_fail;              /* this many next fabricated completions the port refuses */
     DWORD cancel_error;         /* how closing a socket completes its pending operations */
     int cancel_accepts_succeed; /* accepts that won the race with the listener's close */
+    size_t max_buffer_bytes;    /* nonzero: cfg.max_buffer_bytes of start() */
+    int cancels;                /* CancelIoEx calls */
+    int cancel_race;  /* the next CancelIoEx: 1 = the receive completed with the peer's data
+                         just before it (not found), 2 = it completes with data anyway */
+    int cancel_pends; /* the next CancelIoEx leaves the operation pending (it ends later) */
 } w;
 
 /* Records the first violation of the kernel's rules; the test fails on it at its end. */
@@ -603,6 +608,33 @@ static BOOL WINAPI fake_SetFileCompletionNotificationModes(HANDLE h, UCHAR flags
     return TRUE;
 }
 
+/* CancelIoEx on one operation: it completes aborted, unless it already completed (not
+ * found) or a script says it raced with the peer's data or is slow to end. */
+static BOOL WINAPI fake_CancelIoEx(HANDLE h, LPOVERLAPPED ov)
+{
+    struct fsock *fs = open_sock((SOCKET)h, "CancelIoEx");
+    struct fop *op = ov ? op_of(ov) : NULL;
+    w.cancels++;
+    if (!ov)
+        violate("CancelIoEx of every operation of a socket");
+    int race = w.cancel_race, pends = w.cancel_pends;
+    w.cancel_race = w.cancel_pends = 0;
+    if (!fs || !op || op->state != OS_PENDING || op->sock != (SOCKET)h) {
+        SetLastError(ERROR_NOT_FOUND);
+        return FALSE;
+    }
+    if (race) {
+        complete(op, (DWORD)receive_into(fs, op), 0);
+        if (race == 1) {
+            SetLastError(ERROR_NOT_FOUND);
+            return FALSE;
+        }
+    } else if (!pends) {
+        complete(op, 0, ERROR_OPERATION_ABORTED);
+    }
+    return TRUE;
+}
+
 static HANDLE WINAPI fake_CreateIoCompletionPort(HANDLE h, HANDLE port, ULONG_PTR key, DWORD n)
 {
     if (h == INVALID_HANDLE_VALUE) {
@@ -703,6 +735,7 @@ static void setup(void)
     install("GetQueuedCompletionStatusEx", (void *)fake_GetQueuedCompletionStatusEx);
     install("PostQueuedCompletionStatus", (void *)fake_PostQueuedCompletionStatus);
     install("SetFileCompletionNotificationModes", (void *)fake_SetFileCompletionNotificationModes);
+    install("CancelIoEx", (void *)fake_CancelIoEx);
     ep_alloc_fail = NULL;
     stats_reset();
 }
@@ -723,6 +756,8 @@ static void start(void)
     w.cfg.threads = 1;
     w.cfg.accepts = POOL;
     w.cfg.listen_port = 0;
+    if (w.max_buffer_bytes)
+        w.cfg.max_buffer_bytes = w.max_buffer_bytes;
     cr_assert_eq(srv_init(&w.srv, &w.cfg, &bk_iocp), 0);
     cr_assert_eq(bk_iocp.start(&w.srv, err, sizeof(err)), 0, "start: %s", err);
     cr_assert_not_null(w.listener, "start created no listener");
@@ -1436,6 +1471,97 @@ Test(iocp, active_connection_waiting_two_tick_periods_turns_idle_until_data)
     cr_assert_eq(next->len, w.cfg.buffer_size, "data makes it active again");
     cr_assert_eq(fs->nb_reads, 2);
     finish_and_check();
+}
+
+/* The data buffers the server holds (its worker caches included). */
+static size_t buffer_bytes(void)
+{
+    return atomic_load(&w.srv.buffer_bytes);
+}
+
+/* A budget of four buffers: the worker caches none, so a returned buffer shows. */
+static void start_uncached(void)
+{
+    w.max_buffer_bytes = 4 * 16384;
+    start();
+    cr_assert_eq(w.cfg.buffer_size, 16384);
+}
+
+Test(iocp, quiet_active_connection_gives_its_buffer_back_and_receives_zero_byte)
+{
+    start_uncached();
+    struct fsock *fs = connected();
+    cr_assert_eq(echo_once(fs, "warm")->len, w.cfg.buffer_size);
+    cr_assert_eq(buffer_bytes(), w.cfg.buffer_size, "the buffered receive holds a buffer");
+    iocp_test_tick_period(&w.srv);
+    pump();
+    cr_assert_eq(w.cancels, 0, "one period of waiting keeps the receive");
+    iocp_test_tick_period(&w.srv);
+    pump();
+    cr_assert_eq(w.cancels, 1, "two periods: the tick cancels the buffered receive");
+    struct fop *r = pending_op(OP_RECV, fs->h);
+    cr_assert_not_null(r, "a receive is posted again in its place");
+    cr_assert_eq(r->len, 0, "the connection is idle: zero-byte");
+    cr_assert_eq(buffer_bytes(), 0, "its buffer went back to the budget");
+    cr_assert_eq(fs->closes, 0);
+    cr_assert_eq(stats_get(ctx_free), 0, "the cancel is not a close");
+    iocp_test_tick_period(&w.srv);
+    iocp_test_tick_period(&w.srv);
+    pump();
+    cr_assert_eq(w.cancels, 1, "a zero-byte receive is never cancelled");
+    cr_assert_eq(echo_once(fs, "again")->len, w.cfg.buffer_size, "data makes it active again");
+    cr_assert_eq(fs->out_len, 9);
+    cr_assert_eq(memcmp(fs->out, "warmagain", 9), 0);
+    finish_and_check();
+}
+
+Test(iocp, data_that_beats_the_quiet_cancel_is_delivered_once_and_in_order)
+{
+    for (int race = 1; race <= 2; race++) {
+        if (race > 1)
+            setup();
+        start_uncached();
+        struct fsock *fs = connected();
+        echo_once(fs, "warm");
+        peer_sends(fs, "late");
+        w.cancel_race = race;
+        iocp_test_tick_period(&w.srv);
+        iocp_test_tick_period(&w.srv);
+        pump();
+        cr_assert_eq(w.cancels, 1, "race %d", race);
+        struct fop *op = pending_op(OP_SEND, fs->h);
+        cr_assert_not_null(op, "race %d: the data the receive got is echoed", race);
+        cr_assert_eq(op->len, 4, "race %d", race);
+        complete_send(fs, op->len);
+        pump();
+        cr_assert_eq(pending_op(OP_RECV, fs->h)->len, 0, "race %d: it waited: idle now", race);
+        cr_assert_eq(buffer_bytes(), 0, "race %d", race);
+        echo_once(fs, "more");
+        cr_assert_eq(fs->out_len, 12, "race %d", race);
+        cr_assert_eq(memcmp(fs->out, "warmlatemore", 12), 0, "race %d", race);
+        finish_and_check();
+    }
+}
+
+Test(iocp, close_while_the_quiet_cancel_is_under_way_frees_once)
+{
+    start_uncached();
+    struct fsock *fs = connected();
+    echo_once(fs, "warm");
+    w.cancel_pends = 1;
+    iocp_test_tick_period(&w.srv);
+    iocp_test_tick_period(&w.srv);
+    pump();
+    cr_assert_eq(w.cancels, 1);
+    cr_assert_not_null(pending_op(OP_RECV, fs->h), "the cancel has not ended the receive yet");
+    iocp_test_tick_period(&w.srv);
+    pump();
+    cr_assert_eq(w.cancels, 1, "one cancel per receive");
+    finish(); /* the stop closes the socket, which ends the receive */
+    cr_assert_eq(fs->closes, 1);
+    cr_assert_eq(stats_get(ctx_free), 1);
+    cr_assert_eq(buffer_bytes(), 0, "the closed connection's buffer is back");
+    check();
 }
 
 Test(iocp, spurious_zero_byte_completion_keeps_the_connection_idle)
