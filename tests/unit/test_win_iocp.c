@@ -25,6 +25,7 @@
 #include "sock_shim.h"
 
 #include <criterion/criterion.h>
+#include <criterion/parameterized.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -1804,4 +1805,152 @@ Test(iocp_faults, every_fault_kind_in_both_receive_modes_closes_once_or_echoes)
             fault_disable();
         }
     }
+}
+
+/* ---- the Nth-call walk (issue 11): every counted call failed in turn ---- */
+
+#define WALK_CLIENTS 3
+#define WALK_BYTES 90 /* per client: several receives */
+#define WALK_CHUNK 37 /* bytes a client writes at a time */
+#define WALK_SHORT 5  /* bytes a send takes at most: every echo is a run of short sends */
+#define WALK_QUIET 4  /* every this many steps two tick periods pass: quiet receives end */
+#define WALK_STEPS 1000
+#define WALK_LIMIT 600
+
+/* One client of the walk: its socket and how much of its stream it has written. */
+struct walk_client {
+    struct fsock *fs;
+    unsigned fed;
+    int eof; /* it half-closed after writing everything */
+};
+
+static struct walk_client walkers[WALK_CLIENTS];
+
+/* Client i's bytes: distinct per client, so a mix-up shows. */
+static char walk_byte(int i, unsigned at)
+{
+    return (char)('A' + (at * 7 + (unsigned)i * 11) % 50);
+}
+
+/* One step of every client: a pending send takes WALK_SHORT bytes; a pending receive
+ * (zero-byte or buffered) completes with the next chunk, or with the half-close once
+ * everything is written. Returns what it did. */
+static int walk_clients_step(void)
+{
+    int acted = 0;
+    for (int i = 0; i < WALK_CLIENTS; i++) {
+        struct walk_client *wc = &walkers[i];
+        struct fsock *fs = wc->fs;
+        if (!fs || !fs->open)
+            continue;
+        struct fop *op = pending_op(OP_SEND, fs->h);
+        if (op) {
+            complete_send(fs, op->len < WALK_SHORT ? op->len : WALK_SHORT);
+            acted++;
+        }
+        if (pending_op(OP_RECV, fs->h) && !wc->eof) {
+            char chunk[WALK_CHUNK + 1];
+            unsigned n = WALK_BYTES - wc->fed < WALK_CHUNK ? WALK_BYTES - wc->fed : WALK_CHUNK;
+            for (unsigned j = 0; j < n; j++)
+                chunk[j] = walk_byte(i, wc->fed + j);
+            chunk[n] = 0;
+            if (n)
+                peer_sends(fs, chunk);
+            fs->peer_eof = n == 0;
+            wc->fed += n;
+            wc->eof = n == 0;
+            complete_recv(fs);
+            acted++;
+        }
+    }
+    return acted;
+}
+
+/* The scenario: clients connect one by one while accepts are posted, each writes its
+ * stream in chunks into zero-byte and buffered receives (two tick periods every
+ * WALK_QUIET steps cancel the quiet buffered ones), gets it back through short sends
+ * and half-closes; then a graceful stop. */
+static void walk_scenario(void)
+{
+    memset(walkers, 0, sizeof(walkers));
+    start();
+    int clients = 0, acted = 1;
+    for (int step = 0; step < WALK_STEPS && (acted || clients < WALK_CLIENTS); step++) {
+        if (step % WALK_QUIET == WALK_QUIET - 1) {
+            iocp_test_tick_period(&w.srv);
+            iocp_test_tick_period(&w.srv);
+            pump(); /* the buffered receives posted last step are quiet now: cancelled */
+        }
+        acted = walk_clients_step();
+        if (clients < WALK_CLIENTS && pending_accept()) {
+            walkers[clients++].fs = client_connects();
+            acted++;
+        } else if (clients < WALK_CLIENTS) {
+            clients++; /* no accept is posted (they keep failing): that client gives up */
+        }
+        pump();
+    }
+    cr_assert_not(acted, "the walk scenario did not settle in %d steps", WALK_STEPS);
+    finish();
+}
+
+/* What every run must keep: the backend's invariants (check), and each client got back
+ * a prefix of its stream; with no fault, every client connected and got all of it. */
+static void walk_check(const char *what, int exact)
+{
+    check();
+    for (int i = 0; i < WALK_CLIENTS; i++) {
+        struct fsock *fs = walkers[i].fs;
+        cr_assert(fs || !exact, "%s: client %d never connected", what, i);
+        if (!fs)
+            continue;
+        cr_assert_leq(fs->out_len, walkers[i].fed, "%s: client %d got more than it wrote", what, i);
+        for (size_t j = 0; j < fs->out_len; j++)
+            cr_assert_eq(fs->out[j], walk_byte(i, (unsigned)j),
+                         "%s: client %d: byte %zu is not its own", what, i, j);
+        if (exact)
+            cr_assert_eq(fs->out_len, WALK_BYTES, "%s: client %d: %zu of %d bytes", what, i,
+                         fs->out_len, WALK_BYTES);
+    }
+}
+
+/* Faults injected since the plan was enabled. */
+static uint64_t injected(void)
+{
+    uint64_t n = 0;
+    for (int kind = 0; kind < FAULT_KINDS; kind++)
+        n += fault_count((enum fault_kind)kind);
+    return n;
+}
+
+ParameterizedTestParameters(iocp_faults, nth_call_walk_keeps_the_invariants)
+{
+    static int persist[] = {0, 1};
+    return cr_make_param_array(int, persist, 2);
+}
+
+ParameterizedTest(int *persist, iocp_faults, nth_call_walk_keeps_the_invariants)
+{
+    char text[64];
+    int n;
+    uint64_t calls = 0;
+    for (n = 1; n <= WALK_LIMIT; n++) {
+        snprintf(text, sizeof(text), "nth=%d%s", n, *persist ? ",persist" : "");
+        setup();
+        plan(text);
+        ep_alloc_fail = fault_alloc_fails;
+        walk_scenario();
+        uint64_t faults = injected();
+        calls = fault_calls();
+        walk_check(text, faults == 0);
+        cr_assert_eq(faults == 0, calls < (uint64_t)n, "%s: %lu faults in %lu calls", text,
+                     (unsigned long)faults, (unsigned long)calls);
+        fault_disable();
+        teardown();
+        if (faults == 0)
+            break;
+    }
+    cr_assert_gt(n, 20, "the walk ended after %d runs: the scenario makes few calls", n);
+    cr_assert_leq(n, WALK_LIMIT, "the walk never reached a fault-free run");
+    cr_assert_eq((uint64_t)n, calls + 1, "the fault-free run is the first past the horizon");
 }
