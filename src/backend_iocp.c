@@ -18,7 +18,11 @@
  * (FILE_SKIP_COMPLETION_PORT_ON_SUCCESS): an overlapped call that completes at once
  * queues no packet. Neither may be reported by the posting call (backend.h), so both
  * go on the posting thread's done list, which that thread's worker loop drains after
- * each batch. A socket the mode could not be set on gets its packets (ic->skip == 0).
+ * each batch. A socket the mode could not be set on gets its packets (ic->skip == 0),
+ * and so does every socket when the listener's provider is not an IFS one (a layered
+ * service provider without XP1_IFS_HANDLES may queue a packet anyway: libuv's
+ * uv__is_non_ifs_lsp), since a packet for a request already reported would be a
+ * second report.
  *
  * Locking: the core calls recv/send/cancel with c->lock held; completions take
  * c->lock only while they touch the socket (the read after a zero-byte receive, the
@@ -104,6 +108,7 @@ struct iocp {
     struct req *deferred; /* failures PostQueuedCompletionStatus could not queue */
     atomic_int ndeferred;
     atomic_llong ticks; /* ticks of worker 0: the clock of the idle decision */
+    int ifs;            /* the listener's provider hands out IFS handles: skip mode is safe */
     int wsa_started;
 };
 
@@ -303,7 +308,7 @@ static void serve_accepted(struct iocp *b, struct server *s, int w, SOCKET as)
     /* latency only: a failure here is harmless */
     shim_setsockopt(as, IPPROTO_TCP, TCP_NODELAY, (const char *)&one, sizeof(one));
     /* speed only: without it every completion comes through the port */
-    int skip = shim_SetFileCompletionNotificationModes((HANDLE)as, modes) != 0;
+    int skip = b->ifs && shim_SetFileCompletionNotificationModes((HANDLE)as, modes) != 0;
     struct conn *c = srv_conn_new(s, w);
     if (!c) {
         close_socket(&as); /* refused: max-conns, stopping or no memory */
@@ -776,6 +781,18 @@ static void teardown(struct server *s, struct iocp *b)
     s->bk_state = NULL;
 }
 
+/* Whether the provider of `sock` (and so of the sockets accepted on it) hands out IFS
+ * handles, the condition for skip-on-success; no when it cannot be told. */
+static int provider_is_ifs(SOCKET sock)
+{
+    WSAPROTOCOL_INFOW info;
+    int len = sizeof(info);
+    memset(&info, 0, sizeof(info));
+    if (shim_getsockopt(sock, SOL_SOCKET, SO_PROTOCOL_INFOW, (char *)&info, &len) != 0)
+        return 0;
+    return (info.dwServiceFlags1 & XP1_IFS_HANDLES) != 0;
+}
+
 /* bk start: port, listener, AcceptEx pointer, bound address, the posted accepts. */
 static int iocp_start(struct server *s, char *err, size_t errlen)
 {
@@ -830,6 +847,7 @@ static int iocp_start(struct server *s, char *err, size_t errlen)
                  (unsigned long)GetLastError());
         goto fail;
     }
+    b->ifs = provider_is_ifs(b->listener);
     int e = shim_load_extensions(b->listener);
     if (e) {
         snprintf(err, errlen, "cannot load AcceptEx: winsock error %d", e);

@@ -47,6 +47,7 @@ enum shim_id {
     SHIM_bind,
     SHIM_listen,
     SHIM_setsockopt,
+    SHIM_getsockopt,
     SHIM_getsockname,
     SHIM_ioctlsocket,
     SHIM_WSAIoctl,
@@ -111,6 +112,7 @@ typedef int(WSAAPI *shim_closesocket_fn)(SOCKET);
 typedef int(WSAAPI *shim_bind_fn)(SOCKET, const struct sockaddr *, int);
 typedef int(WSAAPI *shim_listen_fn)(SOCKET, int);
 typedef int(WSAAPI *shim_setsockopt_fn)(SOCKET, int, int, const char *, int);
+typedef int(WSAAPI *shim_getsockopt_fn)(SOCKET, int, int, char *, int *);
 typedef int(WSAAPI *shim_getsockname_fn)(SOCKET, struct sockaddr *, int *);
 typedef int(WSAAPI *shim_ioctlsocket_fn)(SOCKET, long, u_long *);
 typedef int(WSAAPI *shim_WSAIoctl_fn)(SOCKET, DWORD, LPVOID, DWORD, LPVOID, DWORD, LPDWORD,
@@ -136,6 +138,7 @@ typedef BOOL(WINAPI *shim_CancelIoEx_fn)(HANDLE, LPOVERLAPPED);
 #define shim_bind SHIM_CALL(bind)
 #define shim_listen SHIM_CALL(listen)
 #define shim_setsockopt SHIM_CALL(setsockopt)
+#define shim_getsockopt SHIM_CALL(getsockopt)
 #define shim_getsockname SHIM_CALL(getsockname)
 #define shim_ioctlsocket SHIM_CALL(ioctlsocket)
 #define shim_WSAIoctl SHIM_CALL(WSAIoctl)

@@ -116,17 +116,19 @@ static struct {
     /* scripts */
     DWORD accept_fail[16]; /* the next AcceptEx calls fail at once with these (0: pend) */
     int naccept_fail;
-    DWORD accept_fail_all;      /* nonzero: every AcceptEx fails at once with it */
-    int socket_fail;            /* this many next WSASocketW calls fail */
-    int update_ctx_fail;        /* this many next SO_UPDATE_ACCEPT_CONTEXT calls fail */
-    int associate_fail;         /* this many next socket-to-port associations fail */
-    DWORD recv_fail;            /* the next overlapped WSARecv fails at once with it */
-    DWORD send_fail;            /* the next WSASend fails at once with it */
-    int send_at_once;           /* the next non-blocking WSASend takes every byte */
-    int posted_send_at_once;    /* the next overlapped WSASend completes at once */
-    int recv_at_once;           /* the next overlapped WSARecv finds what is there at once */
-    int skip_mode_fail;         /* SetFileCompletionNotificationModes fails */
-    int post_fail;              /* this many next fabricated completions the port refuses */
+    DWORD accept_fail_all;   /* nonzero: every AcceptEx fails at once with it */
+    int socket_fail;         /* this many next WSASocketW calls fail */
+    int update_ctx_fail;     /* this many next SO_UPDATE_ACCEPT_CONTEXT calls fail */
+    int associate_fail;      /* this many next socket-to-port associations fail */
+    DWORD recv_fail;         /* the next overlapped WSARecv fails at once with it */
+    DWORD send_fail;         /* the next WSASend fails at once with it */
+    int send_at_once;        /* the next non-blocking WSASend takes every byte */
+    int posted_send_at_once; /* the next overlapped WSASend completes at once */
+    int recv_at_once;        /* the next overlapped WSARecv finds what is there at once */
+    int skip_mode_fail;      /* SetFileCompletionNotificationModes fails */
+    int skip_mode_calls;     /* SetFileCompletionNotificationModes calls */
+    int non_ifs;   /* the provider lacks XP1_IFS_HANDLES (a non-IFS LSP): skip mode is a no-op */
+    int post_fail; /* this many next fabricated completions the port refuses */
     DWORD cancel_error;         /* how closing a socket completes its pending operations */
     int cancel_accepts_succeed; /* accepts that won the race with the listener's close */
     size_t max_buffer_bytes;    /* nonzero: cfg.max_buffer_bytes of start() */
@@ -409,6 +411,26 @@ static int WSAAPI fake_setsockopt(SOCKET h, int level, int name, const char *v, 
     return 0;
 }
 
+/* SO_PROTOCOL_INFOW: the provider, an IFS one unless the test says otherwise. */
+static int WSAAPI fake_getsockopt(SOCKET h, int level, int name, char *v, int *n)
+{
+    open_sock(h, "getsockopt");
+    if (level != SOL_SOCKET || name != SO_PROTOCOL_INFOW || *n < (int)sizeof(WSAPROTOCOL_INFOW)) {
+        violate("getsockopt %d/%d: not modelled", level, name);
+        WSASetLastError(WSAENOPROTOOPT);
+        return SOCKET_ERROR;
+    }
+    WSAPROTOCOL_INFOW *info = (WSAPROTOCOL_INFOW *)(void *)v;
+    memset(info, 0, sizeof(*info));
+    info->dwServiceFlags1 = XP1_GUARANTEED_DELIVERY | XP1_GUARANTEED_ORDER | XP1_GRACEFUL_CLOSE;
+    if (!w.non_ifs)
+        info->dwServiceFlags1 |= XP1_IFS_HANDLES;
+    info->iSocketType = SOCK_STREAM;
+    info->iProtocol = IPPROTO_TCP;
+    *n = sizeof(*info);
+    return 0;
+}
+
 static BOOL PASCAL fake_AcceptEx(SOCKET ls, SOCKET as, PVOID buf, DWORD rlen, DWORD llen,
                                  DWORD plen, LPDWORD got, LPOVERLAPPED ov)
 {
@@ -601,11 +623,13 @@ static BOOL WSAAPI fake_WSAGetOverlappedResult(SOCKET h, LPWSAOVERLAPPED ov, LPD
 static BOOL WINAPI fake_SetFileCompletionNotificationModes(HANDLE h, UCHAR flags)
 {
     struct fsock *fs = open_sock((SOCKET)h, "SetFileCompletionNotificationModes");
+    w.skip_mode_calls++;
     if (!fs || w.skip_mode_fail) {
         SetLastError(ERROR_INVALID_PARAMETER);
         return FALSE;
     }
-    fs->skip = (flags & FILE_SKIP_COMPLETION_PORT_ON_SUCCESS) != 0;
+    /* a non-IFS layered provider accepts the mode and still queues every packet */
+    fs->skip = (flags & FILE_SKIP_COMPLETION_PORT_ON_SUCCESS) != 0 && !w.non_ifs;
     return TRUE;
 }
 
@@ -725,6 +749,7 @@ static void setup(void)
     install("bind", (void *)fake_bind);
     install("listen", (void *)fake_listen);
     install("setsockopt", (void *)fake_setsockopt);
+    install("getsockopt", (void *)fake_getsockopt);
     install("getsockname", (void *)fake_getsockname);
     install("ioctlsocket", (void *)fake_ioctlsocket);
     install("WSAIoctl", (void *)fake_WSAIoctl);
@@ -1420,6 +1445,38 @@ Test(iocp, receive_completing_at_once_without_skip_mode_is_reported_once_through
     complete_send(fs, 3);
     pump();
     cr_assert_eq(fs->out_len, 6);
+    finish_and_check();
+}
+
+Test(iocp, non_ifs_provider_keeps_every_completion_on_the_port)
+{
+    w.non_ifs = 1;
+    start();
+    struct fsock *fs = connected();
+    cr_assert_eq(w.skip_mode_calls, 0, "skip-on-success is not even asked for");
+    cr_assert(!fs->skip);
+    peer_sends(fs, "one");
+    complete_recv(fs);
+    pump();
+    peer_sends(fs, "two");
+    w.recv_at_once = 1;
+    complete_send(fs, 3);
+    pump();
+    cr_assert_eq(w.recv_at_once, 0, "the receive completed at once");
+    cr_assert_eq(stats_get(bytes_in), 6, "reported once, through its packet");
+    complete_send(fs, 3);
+    pump();
+    cr_assert_eq(fs->out_len, 6);
+    cr_assert_eq(memcmp(fs->out, "onetwo", 6), 0);
+    finish_and_check();
+}
+
+Test(iocp, ifs_provider_puts_accepted_sockets_in_skip_mode)
+{
+    start();
+    struct fsock *fs = connected();
+    cr_assert_eq(w.skip_mode_calls, 1);
+    cr_assert(fs->skip);
     finish_and_check();
 }
 
