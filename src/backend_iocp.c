@@ -7,16 +7,22 @@
  * data buffer, and reads what arrived with a non-blocking WSARecv once it completes.
  * A connection whose last receive found data is active: it posts its next receive
  * with the core's buffer, one call less per message. It turns idle again when a
- * buffered receive waited IDLE_TICKS tick periods: that receive holds the buffer
- * while it waits (the core has no call to take it back), so a connection that falls
- * silent while active keeps one buffer until its next data or its close.
+ * buffered receive waited IDLE_TICKS tick periods: the tick cancels that receive
+ * (CancelIoEx), and its aborted completion gives the buffer back to the budget
+ * (conn_recv_buffer_return) and posts a zero-byte receive in its place - the same
+ * operation for the core, so nothing is reported. Data that beat the cancel is
+ * delivered as usual. So silent clients never pin the budget (hostile-client stall).
  *
  * Sends: tried non-blocking first; only one the socket cannot take at once is posted
  * overlapped. Sockets are put in skip-on-success mode
  * (FILE_SKIP_COMPLETION_PORT_ON_SUCCESS): an overlapped call that completes at once
  * queues no packet. Neither may be reported by the posting call (backend.h), so both
  * go on the posting thread's done list, which that thread's worker loop drains after
- * each batch. A socket the mode could not be set on gets its packets (ic->skip == 0).
+ * each batch. A socket the mode could not be set on gets its packets (ic->skip == 0),
+ * and so does every socket when the listener's provider is not an IFS one (a layered
+ * service provider without XP1_IFS_HANDLES may queue a packet anyway: libuv's
+ * uv__is_non_ifs_lsp), since a packet for a request already reported would be a
+ * second report.
  *
  * Locking: the core calls recv/send/cancel with c->lock held; completions take
  * c->lock only while they touch the socket (the read after a zero-byte receive, the
@@ -24,8 +30,10 @@
  * over its handle value) under their feet, and release it before calling conn_on_*.
  * A successful send or buffered receive does not touch the socket: no lock (the
  * receive mode is written only by the completion of the one receive in flight, and
- * read by the next post, which the core makes after that completion). The listener
- * and the accept requests are under accept_lock. */
+ * read by the next post, which the core makes after that completion). The tick's
+ * cancel of a quiet receive runs under c->lock and only on an open socket; the
+ * completion it causes is a failed one, so it is handled under the lock too. The
+ * listener and the accept requests are under accept_lock. */
 #ifdef _WIN32
 
 #include "sock_shim.h"
@@ -80,7 +88,8 @@ struct iocp_conn {
     int closed;    /* cancel/release closed sock (under c->lock) */
     int skip;      /* sock is in skip-on-success mode */
     int active;    /* the next receive gets a buffer (under c->lock) */
-    int buffered;  /* the posted receive has a buffer */
+    int buffered;  /* a receive with a buffer is posted (under c->lock; 0 once a send is) */
+    int quieting;  /* the tick cancelled that receive to make c idle (under c->lock) */
     int64_t rtick; /* iocp.ticks when the buffered receive was posted */
     struct req rreq, sreq;
 };
@@ -99,6 +108,7 @@ struct iocp {
     struct req *deferred; /* failures PostQueuedCompletionStatus could not queue */
     atomic_int ndeferred;
     atomic_llong ticks; /* ticks of worker 0: the clock of the idle decision */
+    int ifs;            /* the listener's provider hands out IFS handles: skip mode is safe */
     int wsa_started;
 };
 
@@ -298,7 +308,7 @@ static void serve_accepted(struct iocp *b, struct server *s, int w, SOCKET as)
     /* latency only: a failure here is harmless */
     shim_setsockopt(as, IPPROTO_TCP, TCP_NODELAY, (const char *)&one, sizeof(one));
     /* speed only: without it every completion comes through the port */
-    int skip = shim_SetFileCompletionNotificationModes((HANDLE)as, modes) != 0;
+    int skip = b->ifs && shim_SetFileCompletionNotificationModes((HANDLE)as, modes) != 0;
     struct conn *c = srv_conn_new(s, w);
     if (!c) {
         close_socket(&as); /* refused: max-conns, stopping or no memory */
@@ -395,6 +405,7 @@ static void post_recv(struct iocp *b, struct conn *c, struct iocp_conn *ic)
     }
     char *buf = ic->active ? conn_recv_buffer(c, &cap) : NULL;
     ic->buffered = buf != NULL;
+    ic->quieting = 0;
     if (buf) {
         wb.len = cap > MAX_IO_LEN ? MAX_IO_LEN : (ULONG)cap;
         wb.buf = buf;
@@ -423,6 +434,7 @@ static void iocp_send(struct conn *c, const char *buf, size_t len)
     struct iocp_conn *ic = conn_bk(c);
     WSABUF wb = {len > MAX_IO_LEN ? MAX_IO_LEN : (ULONG)len, (char *)buf};
     memset(&ic->sreq.ov, 0, sizeof(ic->sreq.ov));
+    ic->buffered = 0; /* the receive was reported: the tick has nothing to cancel */
     if (ic->closed) {
         fail_via_port(b, &ic->sreq, ERROR_OPERATION_ABORTED);
         return;
@@ -475,7 +487,9 @@ static int read_after_zero_recv(struct iocp *b, struct conn *c, struct iocp_conn
 
 /* A receive of c completed. A buffered one that succeeded reports its bytes (0: the
  * peer closed) without the lock, and makes c idle if it waited IDLE_TICKS tick
- * periods; a zero-byte one reads what is there. Then the core gets the result. */
+ * periods; one the tick cancelled returns its buffer and is re-posted zero-byte (1,
+ * nothing to report); a zero-byte one reads what is there. Then the core gets the
+ * result. */
 static void on_recv_done(struct iocp *b, struct req *r, DWORD bytes)
 {
     struct iocp_conn *ic = container_of(r, struct iocp_conn, rreq);
@@ -491,6 +505,12 @@ static void on_recv_done(struct iocp *b, struct req *r, DWORD bytes)
     DWORD err = req_error(r, ic->sock);
     if (ic->closed) {
         n = EP_ECANCELED;
+    } else if (ic->quieting && err == ERROR_OPERATION_ABORTED) {
+        conn_recv_buffer_return(c);
+        ic->active = 0;
+        post_recv(b, c, ic);
+        ep_mutex_unlock(&c->lock);
+        return;
     } else if (err == WSAEDISCON) {
         n = 0; /* a graceful disconnect (the zero_read fault): as if the peer closed */
     } else if (err) {
@@ -566,6 +586,23 @@ static void drain_done(struct iocp *b, struct server *s, int w)
     }
 }
 
+/* Cancels the buffered receive of c if it waited IDLE_TICKS tick periods, so its
+ * buffer goes back to the budget (on_recv_done). Only on an open socket, under
+ * c->lock, once per receive; a receive that already completed is not found, which
+ * is fine: its completion is on its way. srv_for_each_conn callback. */
+static void quiet_one(struct conn *c, void *arg)
+{
+    struct iocp *b = arg;
+    struct iocp_conn *ic = conn_bk(c);
+    ep_mutex_lock(&c->lock);
+    if (ic->buffered && !ic->quieting && !ic->closed &&
+        atomic_load_explicit(&b->ticks, memory_order_relaxed) - ic->rtick >= IDLE_TICKS) {
+        ic->quieting = 1;
+        shim_CancelIoEx((HANDLE)ic->sock, &ic->rreq.ov);
+    }
+    ep_mutex_unlock(&c->lock);
+}
+
 /* ---- workers ---- */
 
 /* Where one worker's loop stands between passes. */
@@ -635,6 +672,8 @@ static int worker_pass(struct server *s, int w, struct loop_state *ls, int64_t m
     int period = now - ls->last_tick >= SRV_TICK_MS;
     if (woken || ls->always_tick || period) {
         srv_tick(s, w);
+        if (!srv_stopping(s))
+            srv_for_each_conn(s, w, quiet_one, b);
         ls->last_tick = now;
         /* only worker 0's periods count: a clock no wake-up or test pass speeds up */
         if (period && w == 0 && !ls->always_tick)
@@ -742,6 +781,18 @@ static void teardown(struct server *s, struct iocp *b)
     s->bk_state = NULL;
 }
 
+/* Whether the provider of `sock` (and so of the sockets accepted on it) hands out IFS
+ * handles, the condition for skip-on-success; no when it cannot be told. */
+static int provider_is_ifs(SOCKET sock)
+{
+    WSAPROTOCOL_INFOW info;
+    int len = sizeof(info);
+    memset(&info, 0, sizeof(info));
+    if (shim_getsockopt(sock, SOL_SOCKET, SO_PROTOCOL_INFOW, (char *)&info, &len) != 0)
+        return 0;
+    return (info.dwServiceFlags1 & XP1_IFS_HANDLES) != 0;
+}
+
 /* bk start: port, listener, AcceptEx pointer, bound address, the posted accepts. */
 static int iocp_start(struct server *s, char *err, size_t errlen)
 {
@@ -796,6 +847,7 @@ static int iocp_start(struct server *s, char *err, size_t errlen)
                  (unsigned long)GetLastError());
         goto fail;
     }
+    b->ifs = provider_is_ifs(b->listener);
     int e = shim_load_extensions(b->listener);
     if (e) {
         snprintf(err, errlen, "cannot load AcceptEx: winsock error %d", e);

@@ -47,6 +47,11 @@ static int WSAAPI dflt_setsockopt(SOCKET s, int level, int name, const char *v, 
     return setsockopt(s, level, name, v, n);
 }
 
+static int WSAAPI dflt_getsockopt(SOCKET s, int level, int name, char *v, int *n)
+{
+    return getsockopt(s, level, name, v, n);
+}
+
 static int WSAAPI dflt_getsockname(SOCKET s, struct sockaddr *a, int *n)
 {
     return getsockname(s, a, n);
@@ -104,6 +109,11 @@ static BOOL WINAPI dflt_SetFileCompletionNotificationModes(HANDLE h, UCHAR flags
     return SetFileCompletionNotificationModes(h, flags);
 }
 
+static BOOL WINAPI dflt_CancelIoEx(HANDLE h, LPOVERLAPPED ov)
+{
+    return CancelIoEx(h, ov);
+}
+
 #define SHIM_ENTRY(id) [SHIM_##id] = {#id, (void *)dflt_##id, (void *)dflt_##id}
 
 struct shim_entry shim_table[SHIM_COUNT] = {
@@ -112,6 +122,7 @@ struct shim_entry shim_table[SHIM_COUNT] = {
     SHIM_ENTRY(bind),
     SHIM_ENTRY(listen),
     SHIM_ENTRY(setsockopt),
+    SHIM_ENTRY(getsockopt),
     SHIM_ENTRY(getsockname),
     SHIM_ENTRY(ioctlsocket),
     SHIM_ENTRY(WSAIoctl),
@@ -123,6 +134,7 @@ struct shim_entry shim_table[SHIM_COUNT] = {
     SHIM_ENTRY(GetQueuedCompletionStatusEx),
     SHIM_ENTRY(PostQueuedCompletionStatus),
     SHIM_ENTRY(SetFileCompletionNotificationModes),
+    SHIM_ENTRY(CancelIoEx),
 };
 
 /* The entry called `name`, or NULL. */

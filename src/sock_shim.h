@@ -20,6 +20,8 @@
  *   backend reports it as 0 bytes (the peer closed), the socket untouched.
  * - SetFileCompletionNotificationModes is an entry too: a fake kernel must model
  *   skip-on-success (a call that completes at once returns 0 and queues nothing).
+ * - CancelIoEx is an entry too: the backend cancels a buffered receive that waited too
+ *   long (its completion: aborted, or the data that beat the cancel).
  * - The backend tries a send non-blocking before posting it overlapped, with the
  *   same context: the send wrapper injects and records one fault per operation (a
  *   try that would block, or a reset due "on completion", leaves it to the post).
@@ -45,6 +47,7 @@ enum shim_id {
     SHIM_bind,
     SHIM_listen,
     SHIM_setsockopt,
+    SHIM_getsockopt,
     SHIM_getsockname,
     SHIM_ioctlsocket,
     SHIM_WSAIoctl,
@@ -56,6 +59,7 @@ enum shim_id {
     SHIM_GetQueuedCompletionStatusEx,
     SHIM_PostQueuedCompletionStatus,
     SHIM_SetFileCompletionNotificationModes,
+    SHIM_CancelIoEx,
     SHIM_COUNT
 };
 
@@ -108,6 +112,7 @@ typedef int(WSAAPI *shim_closesocket_fn)(SOCKET);
 typedef int(WSAAPI *shim_bind_fn)(SOCKET, const struct sockaddr *, int);
 typedef int(WSAAPI *shim_listen_fn)(SOCKET, int);
 typedef int(WSAAPI *shim_setsockopt_fn)(SOCKET, int, int, const char *, int);
+typedef int(WSAAPI *shim_getsockopt_fn)(SOCKET, int, int, char *, int *);
 typedef int(WSAAPI *shim_getsockname_fn)(SOCKET, struct sockaddr *, int *);
 typedef int(WSAAPI *shim_ioctlsocket_fn)(SOCKET, long, u_long *);
 typedef int(WSAAPI *shim_WSAIoctl_fn)(SOCKET, DWORD, LPVOID, DWORD, LPVOID, DWORD, LPDWORD,
@@ -125,6 +130,7 @@ typedef BOOL(WINAPI *shim_GetQueuedCompletionStatusEx_fn)(HANDLE, LPOVERLAPPED_E
                                                           DWORD, BOOL);
 typedef BOOL(WINAPI *shim_PostQueuedCompletionStatus_fn)(HANDLE, DWORD, ULONG_PTR, LPOVERLAPPED);
 typedef BOOL(WINAPI *shim_SetFileCompletionNotificationModes_fn)(HANDLE, UCHAR);
+typedef BOOL(WINAPI *shim_CancelIoEx_fn)(HANDLE, LPOVERLAPPED);
 
 #define SHIM_CALL(id) ((shim_##id##_fn)shim_table[SHIM_##id].current)
 #define shim_WSASocketW SHIM_CALL(WSASocketW)
@@ -132,6 +138,7 @@ typedef BOOL(WINAPI *shim_SetFileCompletionNotificationModes_fn)(HANDLE, UCHAR);
 #define shim_bind SHIM_CALL(bind)
 #define shim_listen SHIM_CALL(listen)
 #define shim_setsockopt SHIM_CALL(setsockopt)
+#define shim_getsockopt SHIM_CALL(getsockopt)
 #define shim_getsockname SHIM_CALL(getsockname)
 #define shim_ioctlsocket SHIM_CALL(ioctlsocket)
 #define shim_WSAIoctl SHIM_CALL(WSAIoctl)
@@ -143,6 +150,7 @@ typedef BOOL(WINAPI *shim_SetFileCompletionNotificationModes_fn)(HANDLE, UCHAR);
 #define shim_GetQueuedCompletionStatusEx SHIM_CALL(GetQueuedCompletionStatusEx)
 #define shim_PostQueuedCompletionStatus SHIM_CALL(PostQueuedCompletionStatus)
 #define shim_SetFileCompletionNotificationModes SHIM_CALL(SetFileCompletionNotificationModes)
+#define shim_CancelIoEx SHIM_CALL(CancelIoEx)
 
 #endif /* _WIN32 */
 #endif

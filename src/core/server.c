@@ -252,6 +252,15 @@ void srv_tick(struct server *s, int worker)
     }
 }
 
+void srv_for_each_conn(struct server *s, int worker, void (*fn)(struct conn *, void *), void *arg)
+{
+    struct worker *w = &s->workers[worker];
+    ep_mutex_lock(&w->lock);
+    for (struct conn *c = w->conns; c; c = c->next)
+        fn(c, arg);
+    ep_mutex_unlock(&w->lock);
+}
+
 int srv_worker_done(struct server *s, int worker)
 {
     struct worker *w = &s->workers[worker];

@@ -76,6 +76,12 @@ int srv_stopping(const struct server *s);
  * parked for buffer budget. Never calls back into the backend's completion path. */
 void srv_tick(struct server *s, int worker);
 
+/* Calls fn(c, arg) for each connection `worker` owns, with that worker's lock held (so
+ * none is freed meanwhile; fn may take c->lock, the order srv_tick uses). fn must not
+ * call into the core (no conn_on_*, no close) nor take a worker's lock. For a backend's
+ * periodic bookkeeping on its tick: the core keeps no other iterator. */
+void srv_for_each_conn(struct server *s, int worker, void (*fn)(struct conn *, void *), void *arg);
+
 /* Nonzero when `worker` may exit: stopping and it owns no connection. The backend
  * also waits for its own accept operations before leaving. */
 int srv_worker_done(struct server *s, int worker);

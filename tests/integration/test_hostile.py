@@ -350,3 +350,51 @@ def test_echo_stays_exact_under_buffer_backpressure(server, build, base_seed):
     assert st["buffer_waits"] > 0, f"the budget never made a receive wait: {st}"
     srv.stop()
     assert_clean(srv)
+
+
+def echo_all(socks, msgs, timeout):
+    """Sends msgs[i] on socks[i] and reads each echo back on one selector; returns the
+    echoes got by the deadline (the sockets stay open)."""
+    got = [bytearray() for _ in socks]
+    sel = selectors.DefaultSelector()
+    for i, (s, m) in enumerate(zip(socks, msgs)):
+        s.sendall(m)
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, i)
+    deadline = time.monotonic() + timeout
+    try:
+        while sel.get_map() and time.monotonic() < deadline:
+            for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
+                i = key.data
+                chunk = socks[i].recv(65536)
+                got[i] += chunk
+                if not chunk or len(got[i]) >= len(msgs[i]):
+                    sel.unregister(socks[i])
+    finally:
+        sel.close()
+    return got
+
+
+def test_clients_gone_quiet_after_one_echo_hold_no_buffer(server, build, base_seed):
+    """--buffer-size 64 KiB --max-buffer-bytes 1 MiB (room for ~14 full and 32 small
+    buffers): 200 clients each echo one message, then stay connected and silent. A
+    connection gone quiet must not keep its buffer (the IOCP backend's pending buffered
+    receive did: the budget stayed spent and every later client's data waited for it
+    forever), so all 200 are echoed and a new client is echoed within 1 s."""
+    srv = server("--buffer-size", 64 * KiB, "--max-buffer-bytes", 1 * MiB)
+    socks = [connect(srv.addr, 10 * build.slowness) for _ in range(200)]
+    try:
+        msgs = [payload(mix_seed(base_seed, "quiet", i), 512) for i in range(200)]
+        got = echo_all(socks, msgs, 20 * build.slowness)
+        short = [i for i, (g, m) in enumerate(zip(got, msgs)) if bytes(g) != m]
+        assert not short, f"{len(short)} of 200 clients not echoed, e.g. {short[:5]}"
+        msg = payload(mix_seed(base_seed, "after the quiet ones"), 4 * KiB)
+        took, echo = timed_echo(srv.addr, msg, 5 * build.slowness)
+        check_echo(msg, echo, "a client after 200 quiet ones")
+        assert took < 1.0, f"served only after {took:.2f} s"
+    finally:
+        for s in socks:
+            s.close()
+    settle(srv, build)
+    srv.stop()
+    assert_clean(srv)

@@ -108,6 +108,39 @@ Test(server, idle_timeout_closes_a_quiet_connection_only)
     cr_expect_not_null(busy->conn);
 }
 
+/* Records the connections srv_for_each_conn hands over. */
+struct visits {
+    struct conn *seen[8];
+    int n;
+};
+
+/* srv_for_each_conn's callback: note c. */
+static void visit(struct conn *c, void *arg)
+{
+    struct visits *v = arg;
+    if (v->n < 8)
+        v->seen[v->n] = c;
+    v->n++;
+}
+
+Test(server, for_each_conn_visits_every_live_connection_of_the_worker_once)
+{
+    fake_start(&f);
+    struct fake_sock *a = fake_accept(&f), *b = fake_accept(&f), *c = fake_accept(&f);
+    fake_client_shutdown(b);
+    fake_run(&f, 10);
+    cr_assert_null(b->conn, "the client that half-closed is freed");
+    struct visits v = {{0}, 0};
+    srv_for_each_conn(&f.srv, 0, visit, &v);
+    cr_assert_eq(v.n, 2, "two live connections, %d visits", v.n);
+    int saw_a = 0, saw_c = 0;
+    for (int i = 0; i < v.n; i++) {
+        saw_a += v.seen[i] == a->conn;
+        saw_c += v.seen[i] == c->conn;
+    }
+    cr_assert(saw_a == 1 && saw_c == 1, "each live connection is visited once");
+}
+
 Test(server, context_allocation_failure_refuses_the_socket)
 {
     fake_start(&f);
@@ -124,9 +157,9 @@ Test(server, stats_line_has_every_required_key)
     fake_start(&f);
     char line[1024];
     stats_format(line, sizeof(line));
-    const char *keys[] = {"accepted=", "closed=", "active=", "bytes_in=", "bytes_out=",
-                          "sockets_opened=", "sockets_closed=", "ctx_alloc=", "ctx_free=",
-                          "faults="};
+    const char *keys[] = {
+        "accepted=",       "closed=",         "active=",    "bytes_in=", "bytes_out=",
+        "sockets_opened=", "sockets_closed=", "ctx_alloc=", "ctx_free=", "faults="};
     cr_expect(strncmp(line, "stats ", 6) == 0, "%s", line);
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
         cr_expect(strstr(line, keys[i]) != NULL, "missing %s in '%s'", keys[i], line);

@@ -25,6 +25,7 @@
 #include "sock_shim.h"
 
 #include <criterion/criterion.h>
+#include <criterion/parameterized.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -115,19 +116,26 @@ static struct {
     /* scripts */
     DWORD accept_fail[16]; /* the next AcceptEx calls fail at once with these (0: pend) */
     int naccept_fail;
-    DWORD accept_fail_all;      /* nonzero: every AcceptEx fails at once with it */
-    int socket_fail;            /* this many next WSASocketW calls fail */
-    int update_ctx_fail;        /* this many next SO_UPDATE_ACCEPT_CONTEXT calls fail */
-    int associate_fail;         /* this many next socket-to-port associations fail */
-    DWORD recv_fail;            /* the next overlapped WSARecv fails at once with it */
-    DWORD send_fail;            /* the next WSASend fails at once with it */
-    int send_at_once;           /* the next non-blocking WSASend takes every byte */
-    int posted_send_at_once;    /* the next overlapped WSASend completes at once */
-    int recv_at_once;           /* the next overlapped WSARecv finds what is there at once */
-    int skip_mode_fail;         /* SetFileCompletionNotificationModes fails */
-    int post_fail;              /* this many next fabricated completions the port refuses */
+    DWORD accept_fail_all;   /* nonzero: every AcceptEx fails at once with it */
+    int socket_fail;         /* this many next WSASocketW calls fail */
+    int update_ctx_fail;     /* this many next SO_UPDATE_ACCEPT_CONTEXT calls fail */
+    int associate_fail;      /* this many next socket-to-port associations fail */
+    DWORD recv_fail;         /* the next overlapped WSARecv fails at once with it */
+    DWORD send_fail;         /* the next WSASend fails at once with it */
+    int send_at_once;        /* the next non-blocking WSASend takes every byte */
+    int posted_send_at_once; /* the next overlapped WSASend completes at once */
+    int recv_at_once;        /* the next overlapped WSARecv finds what is there at once */
+    int skip_mode_fail;      /* SetFileCompletionNotificationModes fails */
+    int skip_mode_calls;     /* SetFileCompletionNotificationModes calls */
+    int non_ifs;   /* the provider lacks XP1_IFS_HANDLES (a non-IFS LSP): skip mode is a no-op */
+    int post_fail; /* this many next fabricated completions the port refuses */
     DWORD cancel_error;         /* how closing a socket completes its pending operations */
     int cancel_accepts_succeed; /* accepts that won the race with the listener's close */
+    size_t max_buffer_bytes;    /* nonzero: cfg.max_buffer_bytes of start() */
+    int cancels;                /* CancelIoEx calls */
+    int cancel_race;  /* the next CancelIoEx: 1 = the receive completed with the peer's data
+                         just before it (not found), 2 = it completes with data anyway */
+    int cancel_pends; /* the next CancelIoEx leaves the operation pending (it ends later) */
 } w;
 
 /* Records the first violation of the kernel's rules; the test fails on it at its end. */
@@ -403,6 +411,26 @@ static int WSAAPI fake_setsockopt(SOCKET h, int level, int name, const char *v, 
     return 0;
 }
 
+/* SO_PROTOCOL_INFOW: the provider, an IFS one unless the test says otherwise. */
+static int WSAAPI fake_getsockopt(SOCKET h, int level, int name, char *v, int *n)
+{
+    open_sock(h, "getsockopt");
+    if (level != SOL_SOCKET || name != SO_PROTOCOL_INFOW || *n < (int)sizeof(WSAPROTOCOL_INFOW)) {
+        violate("getsockopt %d/%d: not modelled", level, name);
+        WSASetLastError(WSAENOPROTOOPT);
+        return SOCKET_ERROR;
+    }
+    WSAPROTOCOL_INFOW *info = (WSAPROTOCOL_INFOW *)(void *)v;
+    memset(info, 0, sizeof(*info));
+    info->dwServiceFlags1 = XP1_GUARANTEED_DELIVERY | XP1_GUARANTEED_ORDER | XP1_GRACEFUL_CLOSE;
+    if (!w.non_ifs)
+        info->dwServiceFlags1 |= XP1_IFS_HANDLES;
+    info->iSocketType = SOCK_STREAM;
+    info->iProtocol = IPPROTO_TCP;
+    *n = sizeof(*info);
+    return 0;
+}
+
 static BOOL PASCAL fake_AcceptEx(SOCKET ls, SOCKET as, PVOID buf, DWORD rlen, DWORD llen,
                                  DWORD plen, LPDWORD got, LPOVERLAPPED ov)
 {
@@ -595,11 +623,40 @@ static BOOL WSAAPI fake_WSAGetOverlappedResult(SOCKET h, LPWSAOVERLAPPED ov, LPD
 static BOOL WINAPI fake_SetFileCompletionNotificationModes(HANDLE h, UCHAR flags)
 {
     struct fsock *fs = open_sock((SOCKET)h, "SetFileCompletionNotificationModes");
+    w.skip_mode_calls++;
     if (!fs || w.skip_mode_fail) {
         SetLastError(ERROR_INVALID_PARAMETER);
         return FALSE;
     }
-    fs->skip = (flags & FILE_SKIP_COMPLETION_PORT_ON_SUCCESS) != 0;
+    /* a non-IFS layered provider accepts the mode and still queues every packet */
+    fs->skip = (flags & FILE_SKIP_COMPLETION_PORT_ON_SUCCESS) != 0 && !w.non_ifs;
+    return TRUE;
+}
+
+/* CancelIoEx on one operation: it completes aborted, unless it already completed (not
+ * found) or a script says it raced with the peer's data or is slow to end. */
+static BOOL WINAPI fake_CancelIoEx(HANDLE h, LPOVERLAPPED ov)
+{
+    struct fsock *fs = open_sock((SOCKET)h, "CancelIoEx");
+    struct fop *op = ov ? op_of(ov) : NULL;
+    w.cancels++;
+    if (!ov)
+        violate("CancelIoEx of every operation of a socket");
+    int race = w.cancel_race, pends = w.cancel_pends;
+    w.cancel_race = w.cancel_pends = 0;
+    if (!fs || !op || op->state != OS_PENDING || op->sock != (SOCKET)h) {
+        SetLastError(ERROR_NOT_FOUND);
+        return FALSE;
+    }
+    if (race) {
+        complete(op, (DWORD)receive_into(fs, op), 0);
+        if (race == 1) {
+            SetLastError(ERROR_NOT_FOUND);
+            return FALSE;
+        }
+    } else if (!pends) {
+        complete(op, 0, ERROR_OPERATION_ABORTED);
+    }
     return TRUE;
 }
 
@@ -692,6 +749,7 @@ static void setup(void)
     install("bind", (void *)fake_bind);
     install("listen", (void *)fake_listen);
     install("setsockopt", (void *)fake_setsockopt);
+    install("getsockopt", (void *)fake_getsockopt);
     install("getsockname", (void *)fake_getsockname);
     install("ioctlsocket", (void *)fake_ioctlsocket);
     install("WSAIoctl", (void *)fake_WSAIoctl);
@@ -703,6 +761,7 @@ static void setup(void)
     install("GetQueuedCompletionStatusEx", (void *)fake_GetQueuedCompletionStatusEx);
     install("PostQueuedCompletionStatus", (void *)fake_PostQueuedCompletionStatus);
     install("SetFileCompletionNotificationModes", (void *)fake_SetFileCompletionNotificationModes);
+    install("CancelIoEx", (void *)fake_CancelIoEx);
     ep_alloc_fail = NULL;
     stats_reset();
 }
@@ -723,6 +782,8 @@ static void start(void)
     w.cfg.threads = 1;
     w.cfg.accepts = POOL;
     w.cfg.listen_port = 0;
+    if (w.max_buffer_bytes)
+        w.cfg.max_buffer_bytes = w.max_buffer_bytes;
     cr_assert_eq(srv_init(&w.srv, &w.cfg, &bk_iocp), 0);
     cr_assert_eq(bk_iocp.start(&w.srv, err, sizeof(err)), 0, "start: %s", err);
     cr_assert_not_null(w.listener, "start created no listener");
@@ -1387,6 +1448,38 @@ Test(iocp, receive_completing_at_once_without_skip_mode_is_reported_once_through
     finish_and_check();
 }
 
+Test(iocp, non_ifs_provider_keeps_every_completion_on_the_port)
+{
+    w.non_ifs = 1;
+    start();
+    struct fsock *fs = connected();
+    cr_assert_eq(w.skip_mode_calls, 0, "skip-on-success is not even asked for");
+    cr_assert(!fs->skip);
+    peer_sends(fs, "one");
+    complete_recv(fs);
+    pump();
+    peer_sends(fs, "two");
+    w.recv_at_once = 1;
+    complete_send(fs, 3);
+    pump();
+    cr_assert_eq(w.recv_at_once, 0, "the receive completed at once");
+    cr_assert_eq(stats_get(bytes_in), 6, "reported once, through its packet");
+    complete_send(fs, 3);
+    pump();
+    cr_assert_eq(fs->out_len, 6);
+    cr_assert_eq(memcmp(fs->out, "onetwo", 6), 0);
+    finish_and_check();
+}
+
+Test(iocp, ifs_provider_puts_accepted_sockets_in_skip_mode)
+{
+    start();
+    struct fsock *fs = connected();
+    cr_assert_eq(w.skip_mode_calls, 1);
+    cr_assert(fs->skip);
+    finish_and_check();
+}
+
 /* ---- receive modes ---- */
 
 /* fs, with a receive posted, receives `data` and echoes it; returns the next receive. */
@@ -1436,6 +1529,97 @@ Test(iocp, active_connection_waiting_two_tick_periods_turns_idle_until_data)
     cr_assert_eq(next->len, w.cfg.buffer_size, "data makes it active again");
     cr_assert_eq(fs->nb_reads, 2);
     finish_and_check();
+}
+
+/* The data buffers the server holds (its worker caches included). */
+static size_t buffer_bytes(void)
+{
+    return atomic_load(&w.srv.buffer_bytes);
+}
+
+/* A budget of four buffers: the worker caches none, so a returned buffer shows. */
+static void start_uncached(void)
+{
+    w.max_buffer_bytes = 4 * 16384;
+    start();
+    cr_assert_eq(w.cfg.buffer_size, 16384);
+}
+
+Test(iocp, quiet_active_connection_gives_its_buffer_back_and_receives_zero_byte)
+{
+    start_uncached();
+    struct fsock *fs = connected();
+    cr_assert_eq(echo_once(fs, "warm")->len, w.cfg.buffer_size);
+    cr_assert_eq(buffer_bytes(), w.cfg.buffer_size, "the buffered receive holds a buffer");
+    iocp_test_tick_period(&w.srv);
+    pump();
+    cr_assert_eq(w.cancels, 0, "one period of waiting keeps the receive");
+    iocp_test_tick_period(&w.srv);
+    pump();
+    cr_assert_eq(w.cancels, 1, "two periods: the tick cancels the buffered receive");
+    struct fop *r = pending_op(OP_RECV, fs->h);
+    cr_assert_not_null(r, "a receive is posted again in its place");
+    cr_assert_eq(r->len, 0, "the connection is idle: zero-byte");
+    cr_assert_eq(buffer_bytes(), 0, "its buffer went back to the budget");
+    cr_assert_eq(fs->closes, 0);
+    cr_assert_eq(stats_get(ctx_free), 0, "the cancel is not a close");
+    iocp_test_tick_period(&w.srv);
+    iocp_test_tick_period(&w.srv);
+    pump();
+    cr_assert_eq(w.cancels, 1, "a zero-byte receive is never cancelled");
+    cr_assert_eq(echo_once(fs, "again")->len, w.cfg.buffer_size, "data makes it active again");
+    cr_assert_eq(fs->out_len, 9);
+    cr_assert_eq(memcmp(fs->out, "warmagain", 9), 0);
+    finish_and_check();
+}
+
+Test(iocp, data_that_beats_the_quiet_cancel_is_delivered_once_and_in_order)
+{
+    for (int race = 1; race <= 2; race++) {
+        if (race > 1)
+            setup();
+        start_uncached();
+        struct fsock *fs = connected();
+        echo_once(fs, "warm");
+        peer_sends(fs, "late");
+        w.cancel_race = race;
+        iocp_test_tick_period(&w.srv);
+        iocp_test_tick_period(&w.srv);
+        pump();
+        cr_assert_eq(w.cancels, 1, "race %d", race);
+        struct fop *op = pending_op(OP_SEND, fs->h);
+        cr_assert_not_null(op, "race %d: the data the receive got is echoed", race);
+        cr_assert_eq(op->len, 4, "race %d", race);
+        complete_send(fs, op->len);
+        pump();
+        cr_assert_eq(pending_op(OP_RECV, fs->h)->len, 0, "race %d: it waited: idle now", race);
+        cr_assert_eq(buffer_bytes(), 0, "race %d", race);
+        echo_once(fs, "more");
+        cr_assert_eq(fs->out_len, 12, "race %d", race);
+        cr_assert_eq(memcmp(fs->out, "warmlatemore", 12), 0, "race %d", race);
+        finish_and_check();
+    }
+}
+
+Test(iocp, close_while_the_quiet_cancel_is_under_way_frees_once)
+{
+    start_uncached();
+    struct fsock *fs = connected();
+    echo_once(fs, "warm");
+    w.cancel_pends = 1;
+    iocp_test_tick_period(&w.srv);
+    iocp_test_tick_period(&w.srv);
+    pump();
+    cr_assert_eq(w.cancels, 1);
+    cr_assert_not_null(pending_op(OP_RECV, fs->h), "the cancel has not ended the receive yet");
+    iocp_test_tick_period(&w.srv);
+    pump();
+    cr_assert_eq(w.cancels, 1, "one cancel per receive");
+    finish(); /* the stop closes the socket, which ends the receive */
+    cr_assert_eq(fs->closes, 1);
+    cr_assert_eq(stats_get(ctx_free), 1);
+    cr_assert_eq(buffer_bytes(), 0, "the closed connection's buffer is back");
+    check();
 }
 
 Test(iocp, spurious_zero_byte_completion_keeps_the_connection_idle)
@@ -1678,4 +1862,152 @@ Test(iocp_faults, every_fault_kind_in_both_receive_modes_closes_once_or_echoes)
             fault_disable();
         }
     }
+}
+
+/* ---- the Nth-call walk (issue 11): every counted call failed in turn ---- */
+
+#define WALK_CLIENTS 3
+#define WALK_BYTES 90 /* per client: several receives */
+#define WALK_CHUNK 37 /* bytes a client writes at a time */
+#define WALK_SHORT 5  /* bytes a send takes at most: every echo is a run of short sends */
+#define WALK_QUIET 4  /* every this many steps two tick periods pass: quiet receives end */
+#define WALK_STEPS 1000
+#define WALK_LIMIT 600
+
+/* One client of the walk: its socket and how much of its stream it has written. */
+struct walk_client {
+    struct fsock *fs;
+    unsigned fed;
+    int eof; /* it half-closed after writing everything */
+};
+
+static struct walk_client walkers[WALK_CLIENTS];
+
+/* Client i's bytes: distinct per client, so a mix-up shows. */
+static char walk_byte(int i, unsigned at)
+{
+    return (char)('A' + (at * 7 + (unsigned)i * 11) % 50);
+}
+
+/* One step of every client: a pending send takes WALK_SHORT bytes; a pending receive
+ * (zero-byte or buffered) completes with the next chunk, or with the half-close once
+ * everything is written. Returns what it did. */
+static int walk_clients_step(void)
+{
+    int acted = 0;
+    for (int i = 0; i < WALK_CLIENTS; i++) {
+        struct walk_client *wc = &walkers[i];
+        struct fsock *fs = wc->fs;
+        if (!fs || !fs->open)
+            continue;
+        struct fop *op = pending_op(OP_SEND, fs->h);
+        if (op) {
+            complete_send(fs, op->len < WALK_SHORT ? op->len : WALK_SHORT);
+            acted++;
+        }
+        if (pending_op(OP_RECV, fs->h) && !wc->eof) {
+            char chunk[WALK_CHUNK + 1];
+            unsigned n = WALK_BYTES - wc->fed < WALK_CHUNK ? WALK_BYTES - wc->fed : WALK_CHUNK;
+            for (unsigned j = 0; j < n; j++)
+                chunk[j] = walk_byte(i, wc->fed + j);
+            chunk[n] = 0;
+            if (n)
+                peer_sends(fs, chunk);
+            fs->peer_eof = n == 0;
+            wc->fed += n;
+            wc->eof = n == 0;
+            complete_recv(fs);
+            acted++;
+        }
+    }
+    return acted;
+}
+
+/* The scenario: clients connect one by one while accepts are posted, each writes its
+ * stream in chunks into zero-byte and buffered receives (two tick periods every
+ * WALK_QUIET steps cancel the quiet buffered ones), gets it back through short sends
+ * and half-closes; then a graceful stop. */
+static void walk_scenario(void)
+{
+    memset(walkers, 0, sizeof(walkers));
+    start();
+    int clients = 0, acted = 1;
+    for (int step = 0; step < WALK_STEPS && (acted || clients < WALK_CLIENTS); step++) {
+        if (step % WALK_QUIET == WALK_QUIET - 1) {
+            iocp_test_tick_period(&w.srv);
+            iocp_test_tick_period(&w.srv);
+            pump(); /* the buffered receives posted last step are quiet now: cancelled */
+        }
+        acted = walk_clients_step();
+        if (clients < WALK_CLIENTS && pending_accept()) {
+            walkers[clients++].fs = client_connects();
+            acted++;
+        } else if (clients < WALK_CLIENTS) {
+            clients++; /* no accept is posted (they keep failing): that client gives up */
+        }
+        pump();
+    }
+    cr_assert_not(acted, "the walk scenario did not settle in %d steps", WALK_STEPS);
+    finish();
+}
+
+/* What every run must keep: the backend's invariants (check), and each client got back
+ * a prefix of its stream; with no fault, every client connected and got all of it. */
+static void walk_check(const char *what, int exact)
+{
+    check();
+    for (int i = 0; i < WALK_CLIENTS; i++) {
+        struct fsock *fs = walkers[i].fs;
+        cr_assert(fs || !exact, "%s: client %d never connected", what, i);
+        if (!fs)
+            continue;
+        cr_assert_leq(fs->out_len, walkers[i].fed, "%s: client %d got more than it wrote", what, i);
+        for (size_t j = 0; j < fs->out_len; j++)
+            cr_assert_eq(fs->out[j], walk_byte(i, (unsigned)j),
+                         "%s: client %d: byte %zu is not its own", what, i, j);
+        if (exact)
+            cr_assert_eq(fs->out_len, WALK_BYTES, "%s: client %d: %zu of %d bytes", what, i,
+                         fs->out_len, WALK_BYTES);
+    }
+}
+
+/* Faults injected since the plan was enabled. */
+static uint64_t injected(void)
+{
+    uint64_t n = 0;
+    for (int kind = 0; kind < FAULT_KINDS; kind++)
+        n += fault_count((enum fault_kind)kind);
+    return n;
+}
+
+ParameterizedTestParameters(iocp_faults, nth_call_walk_keeps_the_invariants)
+{
+    static int persist[] = {0, 1};
+    return cr_make_param_array(int, persist, 2);
+}
+
+ParameterizedTest(int *persist, iocp_faults, nth_call_walk_keeps_the_invariants)
+{
+    char text[64];
+    int n;
+    uint64_t calls = 0;
+    for (n = 1; n <= WALK_LIMIT; n++) {
+        snprintf(text, sizeof(text), "nth=%d%s", n, *persist ? ",persist" : "");
+        setup();
+        plan(text);
+        ep_alloc_fail = fault_alloc_fails;
+        walk_scenario();
+        uint64_t faults = injected();
+        calls = fault_calls();
+        walk_check(text, faults == 0);
+        cr_assert_eq(faults == 0, calls < (uint64_t)n, "%s: %lu faults in %lu calls", text,
+                     (unsigned long)faults, (unsigned long)calls);
+        fault_disable();
+        teardown();
+        if (faults == 0)
+            break;
+    }
+    cr_assert_gt(n, 20, "the walk ended after %d runs: the scenario makes few calls", n);
+    cr_assert_leq(n, WALK_LIMIT, "the walk never reached a fault-free run");
+    cr_assert_eq((uint64_t)n, calls + 1, "the fault-free run is the first past the horizon");
 }
