@@ -243,10 +243,12 @@ def test_catalogue_08_provided_buffers_returned_on_every_close(server, build, ba
 def test_catalogue_09_tiny_buffer_ring_runs_dry_every_byte_echoed(server, build, base_seed):
     """liburing #1275/#778: a receive from a provided-buffer ring that is empty completes
     with -ENOBUFS; that is not an error of the connection (fall back / re-arm), or clients
-    are cut off whenever the ring runs dry. --max-buffer-bytes 1 MiB grants the one
-    worker's ring 128 KiB (2 provided buffers of 64 KiB), and 64 clients send at once:
-    the ring runs dry all the time, and every byte of every stream must still come back."""
-    srv = server("--buffer-size", str(64 * KiB), "--max-buffer-bytes", str(MiB), threads="1")
+    are cut off whenever the ring runs dry. --max-buffer-bytes 64 KiB grants the one
+    worker's ring 8 KiB (2 small provided buffers) and leaves room for 5 connection
+    buffers, so with 64 clients sending at once most receives find no connection buffer,
+    hold their provided buffer and park: the ring runs dry all the time, and every byte
+    of every stream must still come back."""
+    srv = server("--buffer-size", str(16 * KiB), "--max-buffer-bytes", str(64 * KiB), threads="1")
     rnd = random.Random(mix_seed(base_seed, "cat09more"))
     sessions = [Session(srv.addr, payload(rnd.getrandbits(63), rnd.randint(KiB, 256 * KiB)),
                         half_close=True, name=f"client{i}") for i in range(64)]
