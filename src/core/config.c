@@ -15,8 +15,7 @@ static const char usage[] =
     "  --threads N            worker threads (default: one per CPU)\n"
     "  --accepts N            accepts kept posted (default 16)\n"
     "  --buffer-size BYTES    buffer per connection (default 16384)\n"
-    "  --max-buffer-bytes N   bound on all data buffers; beyond it new data waits (default 256 "
-    "MiB)\n"
+    "  --max-buffer-bytes N   bound on all data buffers; past it new data waits (default 1 GiB)\n"
     "  --max-conns N          refuse connections beyond N (default 0 = unlimited)\n"
     "  --idle-timeout SECONDS close connections idle this long (default 0 = off)\n"
     "  --drain-timeout MS     bound on graceful shutdown (default 3000)\n"
@@ -33,7 +32,7 @@ void config_defaults(struct ep_config *cfg)
     cfg->threads = 0;
     cfg->accepts = 16;
     cfg->buffer_size = 16384;
-    cfg->max_buffer_bytes = (size_t)256 << 20;
+    cfg->max_buffer_bytes = (size_t)1 << 30;
     cfg->drain_timeout_ms = 3000;
     cfg->admin_port = -1;
 }

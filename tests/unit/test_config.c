@@ -121,11 +121,11 @@ ParameterizedTest(struct bad_case *c, config, rejects_bad_input_with_a_message_n
     cr_expect(strchr(err, '\n') == NULL, "the message is one line");
 }
 
-Test(config, max_buffer_bytes_defaults_to_256_mib_and_is_settable)
+Test(config, max_buffer_bytes_defaults_to_1_gib_and_is_settable)
 {
     const char *none[] = {NULL};
     cr_assert_eq(parse(NULL, none), CONFIG_RUN);
-    cr_expect_eq(cfg.max_buffer_bytes, (size_t)256 << 20);
+    cr_expect_eq(cfg.max_buffer_bytes, (size_t)1 << 30);
     const char *args[] = {"--max-buffer-bytes", "33554432", NULL};
     cr_assert_eq(parse(NULL, args), CONFIG_RUN, "%s", err);
     cr_expect_eq(cfg.max_buffer_bytes, (size_t)32 << 20);

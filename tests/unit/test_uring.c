@@ -1200,7 +1200,7 @@ Test(uring, a_connection_reset_while_holding_returns_the_buffer)
 }
 
 /* The pool takes its grant from the budget, whatever --buffer-size asks: 64 MiB buffers
- * and the default 256 MiB budget give one ring at most 32 MiB, in buffers of 64 KiB. */
+ * and the default budget give one ring at most an eighth of it, in buffers of 64 KiB. */
 Test(uring, provided_buffers_stay_within_the_granted_reserve)
 {
     start_with((size_t)64 << 20, 0);
