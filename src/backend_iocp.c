@@ -116,11 +116,13 @@ struct iocp {
  * thread: its worker loop reports them (never the posting call, backend.h). */
 static _Thread_local struct req *done_list;
 
-/* Translates a Win32/Winsock error to an EP_E* code (the one translate_error). */
+/* Translates a Win32/Winsock error to an EP_E* code, or 0 for a graceful close (the
+ * one translate_error). */
 static int translate_error(DWORD e)
 {
     switch (e) {
     case 0:
+    case WSAEDISCON: /* Winsock's graceful close: 0 bytes, as a peer's shutdown reads */
         return 0;
     case ERROR_OPERATION_ABORTED: /* == WSA_OPERATION_ABORTED */
     case ERROR_NETNAME_DELETED:   /* closesocket cancels with this too (corosio #160) */
@@ -511,8 +513,6 @@ static void on_recv_done(struct iocp *b, struct req *r, DWORD bytes)
         post_recv(b, c, ic);
         ep_mutex_unlock(&c->lock);
         return;
-    } else if (err == WSAEDISCON) {
-        n = 0; /* a graceful disconnect (the zero_read fault): as if the peer closed */
     } else if (err) {
         n = translate_error(err);
     } else if (read_after_zero_recv(b, c, ic, &n)) {

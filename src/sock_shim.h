@@ -16,8 +16,9 @@
  *   routed through the port; a fault "on completion") carries its Winsock error in
  *   OVERLAPPED.Internal as SHIM_STATUS(code): an NTSTATUS with the customer bit
  *   set, which the system never produces, so it cannot be mistaken for a real one.
- *   A receive the shim ends with SHIM_STATUS(WSAEDISCON) is a zero_read fault: the
- *   backend reports it as 0 bytes (the peer closed), the socket untouched.
+ *   An EOF action (zero_read) ends a receive with SHIM_STATUS(WSAEDISCON), Winsock's
+ *   graceful-close code, which translate_error reads as 0 bytes like any graceful
+ *   close: the backend holds no fault logic, and the socket stays untouched.
  * - SetFileCompletionNotificationModes is an entry too: a fake kernel must model
  *   skip-on-success (a call that completes at once returns 0 and queues nothing).
  * - CancelIoEx is an entry too: the backend cancels a buffered receive that waited too
