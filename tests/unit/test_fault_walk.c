@@ -11,6 +11,7 @@
 #include "core/alloc.h"
 #include "core/stats.h"
 #include "fake_backend.h"
+#include "nth_walk.h"
 #include "fault.h"
 
 #define PAYLOAD 300
@@ -107,15 +108,6 @@ static void plan(const char *plan_text)
     ep_alloc_fail = fault_alloc_fails; /* the "alloc" site, as the server wires it */
 }
 
-/* Total faults injected since the plan was enabled. */
-static uint64_t injected(void)
-{
-    uint64_t n = 0;
-    for (int k = 0; k < FAULT_KINDS; k++)
-        n += fault_count((enum fault_kind)k);
-    return n;
-}
-
 TestSuite(fault_kind, .init = setup, .fini = teardown);
 
 Test(fault_kind, partial_send_on_every_send_still_echoes_every_byte)
@@ -193,7 +185,7 @@ ParameterizedTest(struct walk *w, fault_walk, nth_call_walk_keeps_the_invariants
         plan(text);
         scenarios[w->scenario]();
         run_to_end();
-        uint64_t faults = injected();
+        uint64_t faults = nth_walk_injected();
         check_run(what, faults == 0);
         ep_alloc_fail = NULL;
         fault_disable();

@@ -36,6 +36,7 @@
 #include "core/server.h"
 #include "core/stats.h"
 #include "fault.h"
+#include "nth_walk.h"
 
 #define FD0 100000 /* fake socket numbers: never a real descriptor */
 #define MAX_SOCKS 512
@@ -1323,14 +1324,21 @@ static void walk_check(const char *what, int exact)
     }
 }
 
-/* Faults injected since the plan was enabled. */
-static uint64_t injected(void)
+/* One walk run's start: a fresh server, the plan, the alloc site wired in. */
+static void walk_begin(const char *text)
 {
-    uint64_t n = 0;
-    for (int kind = 0; kind < FAULT_KINDS; kind++)
-        n += fault_count((enum fault_kind)kind);
-    return n;
+    setup();
+    plan(text);
+    ep_alloc_fail = fault_alloc_fails;
 }
+
+/* One walk run's end. */
+static void walk_end(void)
+{
+    fault_disable();
+}
+
+static const struct nth_walk walk = {walk_begin, walk_scenario, walk_check, walk_end};
 
 ParameterizedTestParameters(uring_faults, nth_call_walk_keeps_the_invariants)
 {
@@ -1340,25 +1348,5 @@ ParameterizedTestParameters(uring_faults, nth_call_walk_keeps_the_invariants)
 
 ParameterizedTest(int *persist, uring_faults, nth_call_walk_keeps_the_invariants)
 {
-    char text[64];
-    int n;
-    uint64_t calls = 0;
-    for (n = 1; n <= WALK_LIMIT; n++) {
-        snprintf(text, sizeof(text), "nth=%d%s", n, *persist ? ",persist" : "");
-        setup();
-        plan(text);
-        ep_alloc_fail = fault_alloc_fails;
-        walk_scenario();
-        uint64_t faults = injected();
-        calls = fault_calls();
-        walk_check(text, faults == 0);
-        cr_assert_eq(faults == 0, calls < (uint64_t)n, "%s: %lu faults in %lu calls", text,
-                     (unsigned long)faults, (unsigned long)calls);
-        fault_disable();
-        if (faults == 0)
-            break;
-    }
-    cr_assert_gt(n, 20, "the walk ended after %d runs: the scenario makes few calls", n);
-    cr_assert_leq(n, WALK_LIMIT, "the walk never reached a fault-free run");
-    cr_assert_eq((uint64_t)n, calls + 1, "the fault-free run is the first past the horizon");
+    nth_walk_run(&walk, *persist, 20, WALK_LIMIT);
 }
