@@ -20,6 +20,25 @@ struct nth_walk {
     void (*end)(void);
 };
 
+/* Byte `at` of walk client i's stream: distinct per client, so a mixed-up echo shows. */
+static inline char nth_walk_byte(int i, unsigned at)
+{
+    return (char)('A' + (at * 7 + (unsigned)i * 11) % 50);
+}
+
+/* Asserts that walk client i got back a prefix of the `fed` bytes it wrote (all `total`
+ * of them when exact). */
+static inline void nth_walk_check_echo(const char *what, int i, const char *out, size_t out_len,
+                                       size_t fed, size_t total, int exact)
+{
+    cr_assert_leq(out_len, fed, "%s: client %d got more than it wrote", what, i);
+    for (size_t j = 0; j < out_len; j++)
+        cr_assert_eq(out[j], nth_walk_byte(i, (unsigned)j),
+                     "%s: client %d: byte %zu is not its own", what, i, j);
+    if (exact)
+        cr_assert_eq(out_len, total, "%s: client %d: %zu of %zu bytes", what, i, out_len, total);
+}
+
 /* Faults injected since the plan was enabled, all kinds. */
 static inline uint64_t nth_walk_injected(void)
 {

@@ -1248,12 +1248,6 @@ struct walk_client {
 
 static struct walk_client walkers[WALK_CLIENTS];
 
-/* Client i's bytes: distinct per client, so a mix-up shows. */
-static char walk_byte(int i, unsigned at)
-{
-    return (char)('A' + (at * 7 + (unsigned)i * 11) % 50);
-}
-
 /* One step of every client: write the next chunk (or half-close once all is written)
  * into a pending receive, let a pending send take WALK_SHORT bytes. Returns what it did. */
 static int walk_clients_step(void)
@@ -1274,7 +1268,7 @@ static int walk_clients_step(void)
             unsigned n = WALK_BYTES - wc->fed < WALK_CHUNK ? WALK_BYTES - wc->fed : WALK_CHUNK;
             n = n < op->len ? n : op->len;
             for (unsigned j = 0; j < n; j++)
-                chunk[j] = walk_byte(i, wc->fed + j);
+                chunk[j] = nth_walk_byte(i, wc->fed + j);
             if (n)
                 peer_sends_bytes(fs, chunk, n);
             else
@@ -1314,13 +1308,8 @@ static void walk_check(const char *what, int exact)
     for (int i = 0; i < WALK_CLIENTS; i++) {
         struct fsock *fs = walkers[i].fs;
         cr_assert_not_null(fs, "%s: client %d never connected", what, i);
-        cr_assert_leq(fs->out_len, walkers[i].fed, "%s: client %d got more than it wrote", what, i);
-        for (size_t j = 0; j < fs->out_len; j++)
-            cr_assert_eq(fs->out[j], walk_byte(i, (unsigned)j),
-                         "%s: client %d: byte %zu is not its own", what, i, j);
-        if (exact)
-            cr_assert_eq(fs->out_len, WALK_BYTES, "%s: client %d: %zu of %d bytes", what, i,
-                         fs->out_len, WALK_BYTES);
+        nth_walk_check_echo(what, i, (const char *)fs->out, fs->out_len, walkers[i].fed,
+                            WALK_BYTES, exact);
     }
 }
 

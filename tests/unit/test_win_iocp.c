@@ -1884,12 +1884,6 @@ struct walk_client {
 
 static struct walk_client walkers[WALK_CLIENTS];
 
-/* Client i's bytes: distinct per client, so a mix-up shows. */
-static char walk_byte(int i, unsigned at)
-{
-    return (char)('A' + (at * 7 + (unsigned)i * 11) % 50);
-}
-
 /* One step of every client: a pending send takes WALK_SHORT bytes; a pending receive
  * (zero-byte or buffered) completes with the next chunk, or with the half-close once
  * everything is written. Returns what it did. */
@@ -1910,7 +1904,7 @@ static int walk_clients_step(void)
             char chunk[WALK_CHUNK + 1];
             unsigned n = WALK_BYTES - wc->fed < WALK_CHUNK ? WALK_BYTES - wc->fed : WALK_CHUNK;
             for (unsigned j = 0; j < n; j++)
-                chunk[j] = walk_byte(i, wc->fed + j);
+                chunk[j] = nth_walk_byte(i, wc->fed + j);
             chunk[n] = 0;
             if (n)
                 peer_sends(fs, chunk);
@@ -1962,13 +1956,8 @@ static void walk_check(const char *what, int exact)
         cr_assert(fs || !exact, "%s: client %d never connected", what, i);
         if (!fs)
             continue;
-        cr_assert_leq(fs->out_len, walkers[i].fed, "%s: client %d got more than it wrote", what, i);
-        for (size_t j = 0; j < fs->out_len; j++)
-            cr_assert_eq(fs->out[j], walk_byte(i, (unsigned)j),
-                         "%s: client %d: byte %zu is not its own", what, i, j);
-        if (exact)
-            cr_assert_eq(fs->out_len, WALK_BYTES, "%s: client %d: %zu of %d bytes", what, i,
-                         fs->out_len, WALK_BYTES);
+        nth_walk_check_echo(what, i, (const char *)fs->out, fs->out_len, walkers[i].fed,
+                            WALK_BYTES, exact);
     }
 }
 
