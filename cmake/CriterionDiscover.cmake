@@ -89,13 +89,15 @@ function(ep_criterion_discover target)
     # ctest waits until every process holding a test's output pipe exits; a wineserver (and
     # its services) started by a test holds it for its 3 s linger, so each test took ~2.5 s.
     # This fixture starts them first, detached from ctest's pipes, lingering 30 s after the
-    # last client, so no wine process outlives the run by more than that.
+    # last client, so no wine process outlives the run by more than that. A wineserver
+    # still lingering from the build's `--list` runs is waited for first (-w): a second one
+    # cannot start, and a test that connects just as the lingering one exits fails at once.
     get_property(done GLOBAL PROPERTY _EP_WINEPREFIX_FIXTURE)
     if(NOT done)
       set_property(GLOBAL PROPERTY _EP_WINEPREFIX_FIXTURE 1)
       list(GET emulator 0 wine)
       add_test(NAME wineprefix.start COMMAND sh -c
-        "exec </dev/null >/dev/null 2>&1; wineserver -p30; \"${wine}\" cmd.exe /c exit")
+        "exec </dev/null >/dev/null 2>&1; wineserver -w; wineserver -p30; \"${wine}\" cmd.exe /c exit")
       set_tests_properties(wineprefix.start PROPERTIES FIXTURES_SETUP ep_wineprefix
                            ENVIRONMENT "${env}")
     endif()
