@@ -94,12 +94,18 @@ void *conn_recv_buffer(struct conn *c, size_t *cap)
     return c->buf;
 }
 
+/* Gives c's data buffer back to the budget: nothing in it is owed any more. */
+static void drop_buffer(struct conn *c)
+{
+    srv_buffer_put(c, c->buf, c->cap);
+    c->buf = NULL;
+    c->len = c->off = 0;
+}
+
 void conn_recv_buffer_return(struct conn *c)
 {
-    if (c->buf && c->len == 0) {
-        srv_buffer_put(c, c->buf, c->cap);
-        c->buf = NULL;
-    }
+    if (c->buf && c->len == 0)
+        drop_buffer(c);
 }
 
 void conn_resume(struct conn *c)
@@ -149,10 +155,7 @@ void conn_on_sent(struct conn *c, long n)
         else if (srv_stopping(c->srv))
             conn_close_locked(c, 0); /* drained: the echo in flight is complete */
         else {
-            /* everything echoed: an idle connection holds no data buffer */
-            srv_buffer_put(c, c->buf, c->cap);
-            c->buf = NULL;
-            c->len = c->off = 0;
+            drop_buffer(c); /* everything echoed: an idle connection holds no buffer */
             post_recv(c);
         }
     }

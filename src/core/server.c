@@ -17,11 +17,17 @@
 #define RESERVE_SHARE 8 /* the reserve, and the workers' caches, are 1/8 of the budget */
 #define RESUME_MAX 256  /* parked receives re-posted per tick, so a tick stays short */
 
+/* Each worker's share of the budget's reserved eighth: what its buffer cache may hold,
+ * and what its backend may fill a receive pool with (srv_pool_reserve). */
+static size_t worker_share(const struct ep_config *cfg, int nworkers)
+{
+    return cfg->max_buffer_bytes / RESERVE_SHARE / (size_t)nworkers;
+}
+
 /* Idle buffers worker caches may hold, each: bounded so the budget stays usable. */
 static int cache_cap(const struct ep_config *cfg, int nworkers)
 {
-    size_t per_worker = cfg->max_buffer_bytes / RESERVE_SHARE / (size_t)nworkers;
-    size_t n = per_worker / cfg->buffer_size;
+    size_t n = worker_share(cfg, nworkers) / cfg->buffer_size;
     return n > WORKER_BUF_CACHE ? WORKER_BUF_CACHE : (int)n;
 }
 
@@ -148,10 +154,9 @@ static int tick_should_close(const struct conn *c, int64_t now, int stopping, in
     return idle_ms > 0 && now - c->last_active_ms >= idle_ms;
 }
 
-/* Takes c off its worker's parked list. */
-static void unpark(struct worker *w, struct conn *c)
+/* Unlinks c from w's parked list. park_lock held. */
+static void unlink_parked(struct worker *w, struct conn *c)
 {
-    ep_mutex_lock(&w->park_lock);
     if (c->park_prev)
         c->park_prev->park_next = c->park_next;
     else
@@ -161,8 +166,26 @@ static void unpark(struct worker *w, struct conn *c)
     else
         w->park_tail = c->park_prev;
     c->park_prev = c->park_next = NULL;
-    ep_mutex_unlock(&w->park_lock);
     atomic_fetch_sub(&w->srv->parked, 1);
+}
+
+/* Takes c off its worker's parked list. */
+static void unpark(struct worker *w, struct conn *c)
+{
+    ep_mutex_lock(&w->park_lock);
+    unlink_parked(w, c);
+    ep_mutex_unlock(&w->park_lock);
+}
+
+/* Takes the oldest parked connection off w's list; NULL when there is none. */
+static struct conn *unpark_oldest(struct worker *w)
+{
+    ep_mutex_lock(&w->park_lock);
+    struct conn *c = w->park_head;
+    if (c)
+        unlink_parked(w, c);
+    ep_mutex_unlock(&w->park_lock);
+    return c;
 }
 
 void srv_park(struct conn *c)
@@ -201,15 +224,9 @@ static int budget_left(struct server *s, struct worker *w)
 static void resume_parked(struct server *s, struct worker *w)
 {
     atomic_store(&s->resume_wake, 0);
-    for (int i = 0; i < RESUME_MAX && budget_left(s, w); i++) {
-        ep_mutex_lock(&w->park_lock);
-        struct conn *c = w->park_head;
-        ep_mutex_unlock(&w->park_lock);
-        if (!c)
-            break;
-        unpark(w, c);
+    struct conn *c;
+    for (int i = 0; i < RESUME_MAX && budget_left(s, w) && (c = unpark_oldest(w)); i++)
         conn_resume(c);
-    }
 }
 
 void srv_tick(struct server *s, int worker)
@@ -351,7 +368,7 @@ int64_t srv_accept_retry_ms(unsigned failures)
 
 size_t srv_pool_reserve(struct server *s, size_t want)
 {
-    size_t share = s->cfg->max_buffer_bytes / RESERVE_SHARE / (size_t)s->nworkers;
+    size_t share = worker_share(s->cfg, s->nworkers);
     size_t n = want < share ? want : share;
     atomic_fetch_add(&s->buffer_bytes, n);
     return n;
