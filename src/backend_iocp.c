@@ -392,6 +392,12 @@ static void posted(struct iocp *b, struct iocp_conn *ic, struct req *r, int rc, 
     }
 }
 
+/* Whether c's buffered receive has been posted for IDLE_TICKS tick periods: c is idle. */
+static int waited_idle(struct iocp *b, const struct iocp_conn *ic)
+{
+    return atomic_load_explicit(&b->ticks, memory_order_relaxed) - ic->rtick >= IDLE_TICKS;
+}
+
 /* Posts the receive of c: into the core's buffer when c is active (and the buffer
  * can be had), else zero-byte, so an idle connection holds no buffer and data is read
  * when it completes. c->lock held. */
@@ -498,7 +504,7 @@ static void on_recv_done(struct iocp *b, struct req *r, DWORD bytes)
     struct conn *c = conn_from_bk(ic);
     long n;
     if (ic->buffered && req_succeeded(r)) {
-        if (atomic_load_explicit(&b->ticks, memory_order_relaxed) - ic->rtick >= IDLE_TICKS)
+        if (waited_idle(b, ic))
             ic->active = 0;
         conn_on_recv(c, (long)bytes);
         return;
@@ -595,8 +601,7 @@ static void quiet_one(struct conn *c, void *arg)
     struct iocp *b = arg;
     struct iocp_conn *ic = conn_bk(c);
     ep_mutex_lock(&c->lock);
-    if (ic->buffered && !ic->quieting && !ic->closed &&
-        atomic_load_explicit(&b->ticks, memory_order_relaxed) - ic->rtick >= IDLE_TICKS) {
+    if (ic->buffered && !ic->quieting && !ic->closed && waited_idle(b, ic)) {
         ic->quieting = 1;
         shim_CancelIoEx((HANDLE)ic->sock, &ic->rreq.ov);
     }

@@ -256,6 +256,12 @@ static void accept_ended(struct uworker *w)
         arm_accept(w);
 }
 
+/* The -errno that realises a fault action's EP_E* error (translate_error reversed). */
+static int fault_errno(int ep_error)
+{
+    return ep_error == EP_EMFILE ? -EMFILE : ep_error == EP_ENOBUFS ? -ENOBUFS : -ECONNRESET;
+}
+
 /* Realises an accept-side fault action on a fresh socket: closes it and returns the
  * action's error as -errno when one fires, else returns fd. */
 static int fail_fresh_socket(struct fault_action a, int fd)
@@ -263,7 +269,7 @@ static int fail_fresh_socket(struct fault_action a, int fd)
     if (a.effect == FAULT_PASS)
         return fd;
     close_socket(fd);
-    return a.error == EP_EMFILE ? -EMFILE : a.error == EP_ENOBUFS ? -ENOBUFS : -ECONNABORTED;
+    return fault_errno(a.error);
 }
 
 /* Readies an accepted socket (faults, TCP_NODELAY): fd, or -errno once it is closed.
@@ -359,7 +365,7 @@ static int realise(struct uconn *u, struct fault_action a, size_t *len)
 {
     switch (a.effect) {
     case FAULT_FAIL_NOW:
-        defer(u->w, &u->req, -ECONNRESET);
+        defer(u->w, &u->req, fault_errno(a.error));
         return 1;
     case FAULT_FAIL_LATER:
         u->req.fail_reset = 1; /* after the real I/O */
