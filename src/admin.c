@@ -257,7 +257,8 @@ int admin_start(struct admin *a, struct server *srv, unsigned port, char *err, s
     a->listener = socket(AF_INET, SOCK_STREAM, 0);
     if (a->listener == NET_INVALID || bind(a->listener, (struct sockaddr *)&addr, sizeof(addr)) ||
         listen(a->listener, 2 * ADMIN_CLIENTS_MAX) ||
-        getsockname(a->listener, (struct sockaddr *)&addr, &len) || net_set_nonblocking(a->listener)) {
+        getsockname(a->listener, (struct sockaddr *)&addr, &len) ||
+        net_set_nonblocking(a->listener)) {
         snprintf(err, errlen, "cannot open admin port 127.0.0.1:%u: %s", port, net_last_error());
         if (a->listener != NET_INVALID)
             net_close(a->listener);

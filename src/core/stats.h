@@ -7,10 +7,9 @@
 #include <stdint.h>
 
 struct ep_stats {
-    atomic_uint_least64_t accepted; /* connections handed to the core */
-    atomic_uint_least64_t closed;   /* connections freed by the core */
-    atomic_uint_least64_t
-        refused; /* accepted sockets closed at once (max-conns, no memory, stopping) */
+    atomic_uint_least64_t accepted;       /* connections handed to the core */
+    atomic_uint_least64_t closed;         /* connections freed by the core */
+    atomic_uint_least64_t refused;        /* closed at once: max-conns, no memory, stopping */
     atomic_uint_least64_t accept_errors;  /* accept operations that failed and were re-posted */
     atomic_uint_least64_t recv_fallbacks; /* receives that found the provided-buffer ring empty
                                              and fell back to a plain receive (0 on IOCP) */

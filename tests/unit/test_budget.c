@@ -42,6 +42,17 @@ static struct fake_sock *hog(const char *msg)
     return s;
 }
 
+/* A connection that sent `msg` after the budget was spent: its receive completed without
+ * a buffer and it waits, parked. */
+static struct fake_sock *parked(const char *msg)
+{
+    struct fake_sock *s = fake_accept(&f);
+    fake_client_send(s, msg, strlen(msg));
+    cr_assert(fake_step(s), "the receive completes, without a buffer");
+    cr_assert(s->conn->parked, "the connection waits for budget");
+    return s;
+}
+
 Test(budget, full_buffers_then_small_ones_then_none)
 {
     struct fake_sock *a = hog("aaaa"), *b = hog("bbbb"), *c = hog("cccc");
@@ -65,10 +76,7 @@ Test(budget, a_parked_receive_resumes_when_a_buffer_comes_back)
     struct fake_sock *a = hog("aaaa");
     hog("bbbb");
     hog("cccc");
-    struct fake_sock *d = fake_accept(&f);
-    fake_client_send(d, "dddd", 4);
-    cr_assert(fake_step(d));
-    cr_assert(d->conn->parked);
+    struct fake_sock *d = parked("dddd");
     int wakes = f.wakes;
     cr_assert(fake_step(a), "a's echo completes; its buffer goes back");
     cr_expect_eq(f.wakes, wakes + 1, "the workers are woken for the parked receive");
@@ -101,10 +109,7 @@ Test(budget, parked_connections_close_on_idle_timeout_and_are_freed)
     hog("aaaa");
     hog("bbbb");
     hog("cccc");
-    struct fake_sock *d = fake_accept(&f);
-    fake_client_send(d, "dddd", 4);
-    cr_assert(fake_step(d));
-    cr_assert(d->conn->parked);
+    struct fake_sock *d = parked("dddd");
     d->conn->last_active_ms -= 1500;
     fake_tick(&f);
     cr_expect_null(d->conn, "freed by the tick: nothing was posted to complete");
@@ -115,11 +120,7 @@ Test(budget, parked_connections_close_on_idle_timeout_and_are_freed)
 Test(budget, shutdown_frees_parked_connections)
 {
     struct fake_sock *s[3] = {hog("aaaa"), hog("bbbb"), hog("cccc")};
-    struct fake_sock *d = fake_accept(&f), *e = fake_accept(&f);
-    fake_client_send(d, "dddd", 4);
-    fake_client_send(e, "eeee", 4);
-    cr_assert(fake_step(d) && fake_step(e));
-    cr_assert(d->conn->parked && e->conn->parked);
+    struct fake_sock *d = parked("dddd"), *e = parked("eeee");
     srv_request_stop(&f.srv);
     fake_tick(&f);
     cr_expect_null(d->conn);
