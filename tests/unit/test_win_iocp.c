@@ -123,9 +123,9 @@ static struct {
     int associate_fail;      /* this many next socket-to-port associations fail */
     DWORD recv_fail;         /* the next overlapped WSARecv fails at once with it */
     DWORD send_fail;         /* the next WSASend fails at once with it */
-    int send_at_once;        /* the next non-blocking WSASend takes every byte */
+    int send_at_once;        /* the next this many non-blocking WSASends take every byte */
     int posted_send_at_once; /* the next overlapped WSASend completes at once */
-    int recv_at_once;        /* the next overlapped WSARecv finds what is there at once */
+    int recv_at_once;        /* the next this many overlapped WSARecvs find what is there at once */
     int skip_mode_fail;      /* SetFileCompletionNotificationModes fails */
     int skip_mode_calls;     /* SetFileCompletionNotificationModes calls */
     int non_ifs;   /* the provider lacks XP1_IFS_HANDLES (a non-IFS LSP): skip mode is a no-op */
@@ -133,6 +133,8 @@ static struct {
     DWORD cancel_error;         /* how closing a socket completes its pending operations */
     int cancel_accepts_succeed; /* accepts that won the race with the listener's close */
     size_t max_buffer_bytes;    /* nonzero: cfg.max_buffer_bytes of start() */
+    size_t buffer_size;         /* nonzero: cfg.buffer_size of start() */
+    int dequeues;               /* GetQueuedCompletionStatusEx calls */
     int cancels;                /* CancelIoEx calls */
     int cancel_race;  /* the next CancelIoEx: 1 = the receive completed with the peer's data
                          just before it (not found), 2 = it completes with data anyway */
@@ -514,7 +516,7 @@ static int WSAAPI fake_WSARecv(SOCKET h, LPWSABUF b, DWORD n, LPDWORD got, LPDWO
         op->len = b[0].len;
         op->rbuf = b[0].buf;
         if (w.recv_at_once && (fs->in_off < fs->in_len || fs->peer_eof)) {
-            w.recv_at_once = 0;
+            w.recv_at_once--;
             *got = (DWORD)receive_into(fs, op);
             complete_at_once(fs, op, *got);
             return 0;
@@ -576,7 +578,7 @@ static int WSAAPI fake_WSASend(SOCKET h, LPWSABUF b, DWORD n, LPDWORD sent, DWOR
             WSASetLastError(WSAEWOULDBLOCK);
             return SOCKET_ERROR;
         }
-        w.send_at_once = 0;
+        w.send_at_once--;
         memcpy(fs->out + fs->out_len, b[0].buf, b[0].len);
         fs->out_len += b[0].len;
         *sent = b[0].len;
@@ -697,6 +699,7 @@ static BOOL WINAPI fake_GetQueuedCompletionStatusEx(HANDLE port, LPOVERLAPPED_EN
 {
     if (port != w.port)
         violate("dequeue from another port");
+    w.dequeues++;
     BOOL ok = GetQueuedCompletionStatusEx(port, e, n, got, ms, alertable);
     DWORD err = GetLastError();
     w.dequeued = ok ? *got : 0;
@@ -785,6 +788,8 @@ static void start(void)
     w.cfg.listen_port = 0;
     if (w.max_buffer_bytes)
         w.cfg.max_buffer_bytes = w.max_buffer_bytes;
+    if (w.buffer_size)
+        w.cfg.buffer_size = w.buffer_size;
     cr_assert_eq(srv_init(&w.srv, &w.cfg, &bk_iocp), 0);
     cr_assert_eq(bk_iocp.start(&w.srv, err, sizeof(err)), 0, "start: %s", err);
     cr_assert_not_null(w.listener, "start created no listener");
@@ -1409,6 +1414,51 @@ Test(iocp, receive_and_send_completing_at_once_on_a_skip_socket_are_reported_onc
     finish_and_check();
 }
 
+Test(iocp, calls_completing_at_once_in_turn_are_reported_in_one_pass)
+{
+    start();
+    struct fsock *fs = connected();
+    peer_sends(fs, "one");
+    complete_recv(fs);
+    pump(); /* "one" is echoed by an overlapped send, still pending */
+    peer_sends(fs, "two");
+    w.recv_at_once = 1;
+    w.send_at_once = 1;
+    complete_send(fs, 3);
+    int dequeues = w.dequeues;
+    pass(); /* the send's packet; the receive after it and the echo of "two" complete at once */
+    cr_assert_eq(w.recv_at_once + w.send_at_once, 0);
+    cr_assert_eq(w.dequeues - dequeues, 1, "no look at the port between them");
+    cr_assert_eq(fs->out_len, 6, "the chain was reported in the pass that started it");
+    cr_assert_eq(memcmp(fs->out, "onetwo", 6), 0);
+    cr_assert_not_null(pending_op(OP_RECV, fs->h), "the next receive pends");
+    finish_and_check();
+}
+
+Test(iocp, calls_that_keep_completing_at_once_leave_the_pass_for_the_port)
+{
+    w.buffer_size = 8; /* 64 echoes of 8 bytes, each receive and send completing at once */
+    start();
+    struct fsock *fs = connected();
+    char data[PEER_BYTES + 1];
+    for (int i = 0; i < PEER_BYTES; i++)
+        data[i] = (char)('a' + i % 26);
+    data[PEER_BYTES] = 0;
+    peer_sends(fs, data);
+    w.recv_at_once = w.send_at_once = 2 * PEER_BYTES;
+    complete_recv(fs);
+    pass();
+    cr_assert_gt(fs->out_len, 0);
+    cr_assert_lt(fs->out_len, PEER_BYTES, "one pass ran the whole chain: the port waited");
+    for (int i = 0; i < 2 * PEER_BYTES && fs->out_len < PEER_BYTES; i++)
+        pass();
+    cr_assert_eq(fs->out_len, PEER_BYTES, "the later passes finish the echo");
+    cr_assert_eq(memcmp(fs->out, data, PEER_BYTES), 0);
+    cr_assert_not_null(pending_op(OP_RECV, fs->h));
+    w.recv_at_once = w.send_at_once = 0;
+    finish_and_check();
+}
+
 Test(iocp, send_the_socket_takes_at_once_is_reported_once_without_an_overlapped_send)
 {
     start();
@@ -1956,8 +2006,8 @@ static void walk_check(const char *what, int exact)
         cr_assert(fs || !exact, "%s: client %d never connected", what, i);
         if (!fs)
             continue;
-        nth_walk_check_echo(what, i, (const char *)fs->out, fs->out_len, walkers[i].fed,
-                            WALK_BYTES, exact);
+        nth_walk_check_echo(what, i, (const char *)fs->out, fs->out_len, walkers[i].fed, WALK_BYTES,
+                            exact);
     }
 }
 
