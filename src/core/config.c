@@ -12,7 +12,7 @@ static const char usage[] =
     "usage: echoport [options]\n"
     "  --listen HOST:PORT     address to serve (default 127.0.0.1:7007; [::1]:0 works; port 0 "
     "picks one)\n"
-    "  --threads N            worker threads (default: one per CPU)\n"
+    "  --threads N            worker threads (default: one per CPU it may run on)\n"
     "  --accepts N            accepts kept posted (default 16)\n"
     "  --buffer-size BYTES    buffer per connection (default 16384)\n"
     "  --max-buffer-bytes N   bound on all data buffers; past it new data waits (default 1 GiB)\n"

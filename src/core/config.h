@@ -8,7 +8,7 @@
 struct ep_config {
     char listen_host[256];     /* literal IPv4/IPv6 address or host name, no brackets */
     unsigned listen_port;      /* 0 = let the system pick */
-    int threads;               /* worker threads; 0 on input means one per CPU */
+    int threads;               /* worker threads; 0 on input means one per usable CPU */
     int accepts;               /* pre-posted accepts (IOCP) */
     size_t buffer_size;        /* bytes per connection buffer */
     size_t max_buffer_bytes;   /* bound on all data buffers (held, cached, backend pools) */

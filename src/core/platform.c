@@ -50,9 +50,17 @@ int64_t ep_now_ms(void) { return (int64_t)GetTickCount64(); }
 
 int ep_cpu_count(void)
 {
-    SYSTEM_INFO si;
-    GetSystemInfo(&si);
-    return si.dwNumberOfProcessors > 0 ? (int)si.dwNumberOfProcessors : 1;
+    DWORD_PTR mine = 0, system = 0;
+    int n = 0;
+    if (GetProcessAffinityMask(GetCurrentProcess(), &mine, &system))
+        for (; mine; mine &= mine - 1)
+            n++;
+    if (n == 0) { /* no mask (a process spanning processor groups): count them all */
+        SYSTEM_INFO si;
+        GetSystemInfo(&si);
+        n = (int)si.dwNumberOfProcessors;
+    }
+    return n > 0 ? n : 1;
 }
 
 long ep_process_handles(void)
@@ -64,6 +72,7 @@ long ep_process_handles(void)
 #else
 
 #include <dirent.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -105,7 +114,10 @@ int64_t ep_now_ms(void)
 
 int ep_cpu_count(void)
 {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN); /* more CPUs than a cpu_set_t holds */
     return n > 0 ? (int)n : 1;
 }
 

@@ -30,7 +30,8 @@ void ep_thread_join(ep_thread t);
 /* Milliseconds from an arbitrary fixed point; never goes backwards. */
 int64_t ep_now_ms(void);
 
-/* Number of online CPUs, at least 1. */
+/* CPUs this process may run on (its affinity mask, as taskset or start /affinity set
+ * it), at least 1: the default worker count. */
 int ep_cpu_count(void);
 
 /* Open handles (Windows) or file descriptors (Linux) of this process, -1 if unknown. */

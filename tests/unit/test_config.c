@@ -3,6 +3,11 @@
 #include <criterion/parameterized.h>
 #include <stdio.h>
 #include <string.h>
+#ifdef _WIN32
+#include <windows.h>
+#else
+#include <sched.h>
+#endif
 
 #include "core/config.h"
 
@@ -27,6 +32,35 @@ static enum config_result parse(const char *env_faults, const char **args)
     enum config_result r = config_parse(&cfg, argc, argv, env_faults, out, err, sizeof(err));
     fclose(out);
     return r;
+}
+
+/* Restricts this (forked, per-test) process to the first CPU it may run on. */
+static void run_on_one_cpu(void)
+{
+#ifdef _WIN32
+    DWORD_PTR mine = 0, system = 0;
+    cr_assert(GetProcessAffinityMask(GetCurrentProcess(), &mine, &system) && mine);
+    cr_assert(SetProcessAffinityMask(GetCurrentProcess(), mine & (~mine + 1)));
+#else
+    cpu_set_t set, one;
+    cr_assert_eq(sched_getaffinity(0, sizeof(set), &set), 0);
+    CPU_ZERO(&one);
+    for (int i = 0; i < CPU_SETSIZE; i++) {
+        if (CPU_ISSET(i, &set)) {
+            CPU_SET(i, &one);
+            break;
+        }
+    }
+    cr_assert_eq(sched_setaffinity(0, sizeof(one), &one), 0);
+#endif
+}
+
+Test(config, threads_default_to_the_cpus_the_process_may_run_on)
+{
+    run_on_one_cpu(); /* as `taskset -c 0 echoport` or `start /affinity 1 echoport` */
+    const char *args[] = {NULL};
+    cr_assert_eq(parse(NULL, args), CONFIG_RUN);
+    cr_expect_eq(cfg.threads, 1, "one worker per CPU the process may run on, not per CPU online");
 }
 
 Test(config, defaults_listen_on_loopback_7007_with_16_accepts_and_16k_buffers)
