@@ -691,19 +691,32 @@ def echo(addr, data, chunks=None, half_close=False, lag=0, timeout=30.0):
     return s
 
 
+def exchange_on(sock, data, timeout=10.0):
+    """Sends data on an open socket and reads len(data) back (less if the peer closes)."""
+    sock.sendall(data)
+    got = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(got) < len(data):
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
 def exchange(addr, data, timeout=10.0):
-    """Blocking one-shot echo for small messages: sends, reads len(data) back."""
+    """Blocking one-shot echo for small messages on a fresh connection."""
     with connect(addr, timeout) as s:
-        s.sendall(data)
-        got = bytearray()
-        deadline = time.monotonic() + timeout
-        while len(got) < len(data):
-            s.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            got += chunk
-        return bytes(got)
+        return exchange_on(s, data, timeout)
+
+
+def quiescent(srv, base):
+    """The stats once no connection is active and the server holds exactly `base`
+    sockets (opened - closed), else None: a wait_until predicate."""
+    st = srv.stats()
+    held = st["sockets_opened"] - st["sockets_closed"]
+    return st if st["active"] == 0 and held == base else None
 
 
 def served(addr, attempts=30, timeout=5.0, size=64):
@@ -719,6 +732,12 @@ def served(addr, attempts=30, timeout=5.0, size=64):
         except (OSError, socket.timeout) as e:
             errors.append(f"attempt {i}: {type(e).__name__}: {e}")
     return False, errors
+
+
+# Under Wine a socket is a descriptor of the prefix's wineserver. Its count settles
+# back to the baseline exactly in practice; allow this many for descriptors Wine
+# itself may open lazily (a thread's request pipes, a cached file) meanwhile.
+WINE_FD_SLACK = 4
 
 
 def wineserver_pid():

@@ -12,11 +12,9 @@ import time
 
 import psutil
 
-from echolib import (KiB, MiB, Session, assert_clean, check_echo, connect, cpu_seconds, exchange,
-                     mix_seed, payload, rss_bytes, run_sessions, wait_eof_all, wait_until,
-                     wineserver_pid)
-from test_leaks import WINE_FD_SLACK, quiescent
-from test_lifecycle import exchange_on
+from echolib import (WINE_FD_SLACK, KiB, MiB, Session, assert_clean, check_echo, connect,
+                     cpu_seconds, exchange, exchange_on, mix_seed, payload, quiescent, rss_bytes,
+                     run_sessions, wait_eof_all, wait_until, wineserver_pid)
 
 FD_LIMIT = 64  # RLIMIT_NOFILE of the server process (prlimit --nofile=64:64)
 # Under Wine the sockets are descriptors of the prefix's wineserver, not of the wine

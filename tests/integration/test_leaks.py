@@ -10,14 +10,8 @@ import time
 import psutil
 import pytest
 
-from echolib import (KiB, MiB, abort, assert_clean, check_echo, connect, exchange, mix_seed,
-                     payload, wait_until, wineserver_pid)
-
-# Under Wine a socket is a descriptor of the prefix's wineserver. Its count settles
-# back to the baseline exactly in practice; allow this many for descriptors Wine
-# itself may open lazily (a thread's request pipes, a cached file) meanwhile.
-WINE_FD_SLACK = 4
-
+from echolib import (WINE_FD_SLACK, KiB, MiB, abort, assert_clean, check_echo, connect, exchange,
+                     mix_seed, payload, quiescent, wait_until, wineserver_pid)
 
 def churn(srv, rnd, n=500):
     """n connections: a third reset right after sending, a third reset after reading
@@ -46,12 +40,6 @@ def churn(srv, rnd, n=500):
         except OSError:
             pass
         abort(s)
-
-
-def quiescent(srv, base):
-    st = srv.stats()
-    held = st["sockets_opened"] - st["sockets_closed"]
-    return st if st["active"] == 0 and held == base else None
 
 
 def test_descriptors_back_to_baseline_after_500_resets(server, build, base_seed):

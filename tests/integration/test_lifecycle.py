@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from echolib import (KiB, MiB, Session, assert_clean, check_echo, connect, mix_seed, only_builds,
-                     parse_stats, payload, run_cli, run_sessions, wait_eof, wait_until)
+from echolib import (KiB, MiB, Session, assert_clean, check_echo, connect, exchange_on, mix_seed,
+                     only_builds, parse_stats, payload, run_cli, run_sessions, wait_eof,
+                     wait_until)
 
 STOPS = {"linux": ["admin", "sigint", "sigterm"], "windows": ["admin", "sigint"]}
 
@@ -42,18 +43,6 @@ def test_graceful_shutdown(server, build, base_seed, via):
     assert final["accepted"] == 15 and final["closed"] == 15, srv.final_line
     total = sum(len(s.data) for s in sessions) + 5 * 4
     assert final["bytes_in"] == total, f"bytes_in={final['bytes_in']}, clients sent {total}"
-
-
-def exchange_on(sock, msg, timeout=10.0):
-    sock.sendall(msg)
-    got = b""
-    sock.settimeout(timeout)
-    while len(got) < len(msg):
-        chunk = sock.recv(len(msg) - len(got))
-        if not chunk:
-            break
-        got += chunk
-    return got
 
 
 def test_shutdown_lets_an_echo_in_flight_finish(server, build, base_seed):
