@@ -47,6 +47,9 @@ struct bk_ops {
     void (*cancel)(struct conn *c);
     /* Called once when c is freed: close the socket if still open. */
     void (*release)(struct conn *c);
+    /* Takes back a buffer of the backend's that c held since conn_lend_buffer(), on
+     * c's worker thread; NULL for a backend that never lends. */
+    void (*buffer_return)(struct conn *c, void *buf);
     /* Stops accepting new connections (closes the listener, cancels accepts).
      * Called once per worker, from that worker's thread; must be idempotent. */
     void (*stop_accepting)(struct server *s, int worker);

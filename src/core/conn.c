@@ -94,12 +94,38 @@ void *conn_recv_buffer(struct conn *c, size_t *cap)
     return c->buf;
 }
 
-/* Gives c's data buffer back to the budget: nothing in it is owed any more. */
+void conn_buffer_release(struct conn *c)
+{
+    if (!c->buf)
+        return;
+    if (c->lent) {
+        c->srv->bk->buffer_return(c, c->buf);
+        srv_buffer_uncharge(c);
+    } else {
+        srv_buffer_put(c, c->buf, c->cap);
+    }
+    c->buf = NULL;
+    c->lent = 0;
+}
+
+/* Gives c's data buffer back: nothing in it is owed any more. */
 static void drop_buffer(struct conn *c)
 {
-    srv_buffer_put(c, c->buf, c->cap);
-    c->buf = NULL;
+    conn_buffer_release(c);
     c->len = c->off = 0;
+}
+
+int conn_lend_buffer(struct conn *c, void *buf, size_t cap)
+{
+    ep_mutex_lock(&c->lock);
+    int take = !c->buf && !c->closing && srv_buffer_charge(c);
+    if (take) {
+        c->buf = buf;
+        c->cap = cap;
+        c->lent = 1;
+    }
+    ep_mutex_unlock(&c->lock);
+    return take;
 }
 
 void conn_recv_buffer_return(struct conn *c)

@@ -28,6 +28,7 @@ struct conn {
     size_t cap;               /* bytes of buf: full or small (the budget's reserve) */
     size_t len;               /* bytes received and not yet echoed */
     size_t off;               /* bytes of buf already sent */
+    int lent;                 /* buf is the backend's (conn_lend_buffer), not the budget's */
     int pending;              /* posted operations not yet completed */
     int closing;              /* conn_close() was called: post nothing more */
     int freed;                /* the free was claimed (by the one who saw pending reach 0) */
@@ -66,6 +67,14 @@ void *conn_recv_buffer(struct conn *c, size_t *cap);
  * re-posts without it (an active connection gone quiet, back to zero-byte receives):
  * it took no data, so nothing is lost. Only while that receive is posted. */
 void conn_recv_buffer_return(struct conn *c);
+
+/* For a receive completing into a buffer of the backend's own pool (buf, cap bytes):
+ * 1 when c takes the buffer as its own, so the bytes are echoed from it without a
+ * copy, and conn_on_recv() follows; 0 when c already has a buffer or the budget has
+ * no room for the full-size one it stands in for (a lent buffer counts as one), and
+ * the backend copies into conn_recv_buffer() instead. c gives a lent buffer back
+ * through bk_ops.buffer_return once it is echoed or c is freed. Worker thread only. */
+int conn_lend_buffer(struct conn *c, void *buf, size_t cap);
 
 /* Completion of a receive: n > 0 bytes were placed in conn_recv_buffer(),
  * 0 = the peer closed its sending side, < 0 = an EP_E* error. */

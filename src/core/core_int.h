@@ -20,6 +20,17 @@ void *srv_buffer_get(struct conn *c, size_t *cap);
  * when connections are waiting for budget. */
 void srv_buffer_put(struct conn *c, void *buf, size_t cap);
 
+/* Charges the budget for the full-size buffer a lent one stands in for: 1 if the
+ * full-size tier has room (as srv_buffer_get would give one), else 0. */
+int srv_buffer_charge(struct conn *c);
+
+/* Gives back what srv_buffer_charge took; wakes the workers as srv_buffer_put does. */
+void srv_buffer_uncharge(struct conn *c);
+
+/* Gives c's data buffer back where it came from (the backend that lent it, or the
+ * budget) and forgets it. */
+void conn_buffer_release(struct conn *c);
+
 /* Queues c, whose receive found the budget spent, on its worker's parked list; its
  * receive is posted again by srv_tick once budget is free. c->lock held. */
 void srv_park(struct conn *c);

@@ -117,11 +117,10 @@ void srv_conn_free(struct conn *c)
         c->next->prev = c->prev;
     w->nconns--;
     ep_mutex_unlock(&w->lock);
+    conn_buffer_release(c); /* before release: a lent buffer goes back to the backend */
     c->srv->bk->release(c);
     atomic_fetch_sub(&c->srv->live_conns, 1);
     ep_mutex_destroy(&c->lock);
-    if (c->buf)
-        srv_buffer_put(c, c->buf, c->cap);
     free(c);
     stats_add(ctx_free, 1);
     stats_add(closed, 1);
@@ -338,6 +337,26 @@ void *srv_buffer_get(struct conn *c, size_t *cap)
     return buf;
 }
 
+/* Wakes the workers when connections wait for budget, once until one resumes them. */
+static void wake_parked(struct server *s)
+{
+    if (atomic_load(&s->parked) > 0 && !atomic_exchange(&s->resume_wake, 1) && s->bk->wake)
+        s->bk->wake(s);
+}
+
+int srv_buffer_charge(struct conn *c)
+{
+    const struct ep_config *cfg = c->srv->cfg;
+    return budget_take(c->srv, cfg->buffer_size,
+                       cfg->max_buffer_bytes - cfg->max_buffer_bytes / RESERVE_SHARE);
+}
+
+void srv_buffer_uncharge(struct conn *c)
+{
+    atomic_fetch_sub(&c->srv->buffer_bytes, c->srv->cfg->buffer_size);
+    wake_parked(c->srv);
+}
+
 void srv_buffer_put(struct conn *c, void *buf, size_t cap)
 {
     struct worker *w = c->worker;
@@ -354,8 +373,7 @@ void srv_buffer_put(struct conn *c, void *buf, size_t cap)
         free(buf);
         atomic_fetch_sub(&s->buffer_bytes, cap);
     }
-    if (atomic_load(&s->parked) > 0 && !atomic_exchange(&s->resume_wake, 1) && s->bk->wake)
-        s->bk->wake(s);
+    wake_parked(s);
 }
 
 int64_t srv_accept_retry_ms(unsigned failures)

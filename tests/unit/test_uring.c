@@ -561,6 +561,12 @@ static void complete_send(struct fsock *fs, unsigned n)
     struct fop *op = pending_op(OP_SEND, fs->fd);
     cr_assert_not_null(op, "no send is posted on socket %d", fs->fd);
     cr_assert_leq(n, op->len);
+    for (unsigned i = 0; i < buffers_in_ring(); i++) {
+        const struct io_uring_buf *b = &k.br->bufs[(k.buf_head + i) & (k.nbufs - 1)];
+        const char *start = (const char *)(uintptr_t)b->addr;
+        if (op->buf >= start && op->buf < start + b->len)
+            violate("a send's bytes are in provided buffer %u, back in the ring", b->bid);
+    }
     cr_assert_leq(fs->out_len + n, sizeof(fs->out));
     memcpy(fs->out + fs->out_len, op->buf, n);
     fs->out_len += n;
@@ -647,6 +653,60 @@ Test(uring, echo_of_a_message)
     cr_assert_eq(buffers_in_ring(), k.nbufs, "the buffer was not returned after the copy");
     cr_assert_not_null(pending_op(OP_RECV, fs->fd), "no receive after the echo");
     cr_assert_eq(fs->closes, 0);
+    finish_and_check();
+}
+
+Test(uring, echo_is_sent_from_the_provided_buffer_it_arrived_in)
+{
+    start();
+    struct fsock *fs = connected();
+    const struct io_uring_buf *next = &k.br->bufs[k.buf_head & (k.nbufs - 1)];
+    const char *arrived_in = (const char *)(uintptr_t)next->addr;
+    peer_sends(fs, "zero-copy");
+    pump();
+    struct fop *send = pending_op(OP_SEND, fs->fd);
+    cr_assert_not_null(send);
+    cr_assert_eq(send->buf, arrived_in, "the echo was copied out of the provided buffer");
+    cr_assert_eq(buffers_in_ring(), k.nbufs - 1, "the buffer is back before its bytes are sent");
+    complete_send(fs, 4); /* short: the rest goes from the same buffer */
+    pump();
+    cr_assert_eq(pending_op(OP_SEND, fs->fd)->buf, arrived_in + 4);
+    complete_send(fs, 5);
+    pump();
+    cr_assert_eq(buffers_in_ring(), k.nbufs, "the buffer did not go back once echoed");
+    cr_assert_eq(memcmp(fs->out, "zero-copy", 9), 0);
+    finish_and_check();
+}
+
+Test(uring, a_connection_closed_while_echoing_a_lent_buffer_returns_it)
+{
+    start();
+    struct fsock *fs = connected();
+    peer_sends(fs, "lent");
+    pump();
+    cr_assert_eq(buffers_in_ring(), k.nbufs - 1);
+    complete(pending_op(OP_SEND, fs->fd), -ECONNRESET, 0);
+    pump();
+    cr_assert_eq(fs->closes, 1);
+    cr_assert_eq(buffers_in_ring(), k.nbufs, "the freed connection kept its lent buffer");
+    cr_assert_eq(stats_get(ctx_free), 1);
+    finish_and_check();
+}
+
+Test(uring, a_ring_lends_at_most_a_quarter_of_its_buffers_so_receives_keep_going)
+{
+    start_with(BUFFER_SIZE, 8192); /* a pool of 16 buffers */
+    unsigned n = k.nbufs;
+    cr_assert_geq(n, 4);
+    for (unsigned i = 0; i < n; i++) {
+        struct fsock *fs = connected();
+        peer_sends(fs, "stalled");
+        pump();
+        cr_assert_not_null(pending_op(OP_SEND, fs->fd), "connection %u was not served", i);
+    }
+    cr_assert_geq(buffers_in_ring(), n - n / 4, "%u of %u buffers left for receives",
+                  buffers_in_ring(), n);
+    cr_assert_eq(stats_get(recv_fallbacks), 0, "the ring ran dry");
     finish_and_check();
 }
 
@@ -1308,8 +1368,8 @@ static void walk_check(const char *what, int exact)
     for (int i = 0; i < WALK_CLIENTS; i++) {
         struct fsock *fs = walkers[i].fs;
         cr_assert_not_null(fs, "%s: client %d never connected", what, i);
-        nth_walk_check_echo(what, i, (const char *)fs->out, fs->out_len, walkers[i].fed,
-                            WALK_BYTES, exact);
+        nth_walk_check_echo(what, i, (const char *)fs->out, fs->out_len, walkers[i].fed, WALK_BYTES,
+                            exact);
     }
 }
 
