@@ -4,9 +4,11 @@
  * provided buffers (so an idle connection pins no data buffer), sends with
  * IORING_OP_SEND and wakes through an eventfd. A received buffer is lent to its
  * connection (conn_lend_buffer) and the echo sent from it, no copy; it returns to the
- * ring once sent. Only a quarter of the ring is lent at once: the kernel takes a
- * buffer per receive before we see it, and an empty ring turns every receive into
- * -ENOBUFS and a plain one (recv_fallbacks). Everything a ring owns is touched
+ * ring once sent. Only a quarter of the ring is lent at once, and nothing while it
+ * runs dry (an -ENOBUFS in this tick period or the one before): the kernel takes a
+ * buffer per receive before we see it, and an empty ring turns receives into -ENOBUFS
+ * and a plain one (recv_fallbacks), a loop turn later: at 500 x 128 B lending cost
+ * 30 % of p99 before it stopped when the ring ran dry. Everything a ring owns is touched
  * only by its worker thread; other threads reach it only through its eventfd.
  * Model: liburing examples/ and test/, libuv src/unix.
  */
@@ -94,6 +96,8 @@ struct uworker {
     unsigned char *bufs;
     unsigned nbufs, entries; /* buffers, and ring entries (a power of two >= nbufs) */
     unsigned lent;           /* buffers lent to connections (conn_lend_buffer), at most LEND_MAX */
+    int dry;     /* the ring ran dry (-ENOBUFS) since the last tick: lend nothing till one passes */
+    int was_dry; /* it ran dry in the tick period before */
     size_t buf_size;
     struct ureq accept_req, backoff_req, wake_req;
     struct __kernel_timespec backoff_ts;    /* read by the kernel while the timeout is armed */
@@ -495,7 +499,7 @@ static void complete_op(struct uworker *w, struct ureq *r, int res, unsigned fla
     if (flags & IORING_CQE_F_BUFFER) {
         unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
         void *data = w->bufs + (size_t)bid * w->buf_size;
-        if (res > 0 && !r->fail_reset && w->lent < LEND_MAX(w->nbufs) &&
+        if (res > 0 && !r->fail_reset && !w->dry && !w->was_dry && w->lent < LEND_MAX(w->nbufs) &&
             conn_lend_buffer(c, data, w->buf_size)) {
             w->lent++; /* echoed from the provided buffer; uring_buffer_return recycles it */
         } else if (res > 0) {
@@ -513,6 +517,7 @@ static void complete_op(struct uworker *w, struct ureq *r, int res, unsigned fla
         n = EP_ECONNRESET;
     else if (r->kind == OPK_RECV && res == -ENOBUFS) {
         stats_add(recv_fallbacks, 1);
+        w->dry = 1;
         recv_plain(u, c);
         return;
     }
@@ -684,6 +689,8 @@ static int worker_pass(struct uworker *w, int64_t *next_tick)
     if (w->tick_now || now >= *next_tick) {
         w->tick_now = 0;
         *next_tick = now + SRV_TICK_MS;
+        w->was_dry = w->dry;
+        w->dry = 0;
         srv_tick(w->srv, w->index);
     }
     return worker_finished(w);

@@ -710,6 +710,34 @@ Test(uring, a_ring_lends_at_most_a_quarter_of_its_buffers_so_receives_keep_going
     finish_and_check();
 }
 
+Test(uring, a_ring_that_ran_dry_copies_until_a_tick_period_passes_without)
+{
+    start();
+    struct fsock *a = connected(), *b = connected();
+    unsigned short saved = k.buf_head;
+    k.buf_head = (unsigned short)(k.buf_head + buffers_in_ring()); /* the ring is empty */
+    peer_sends(a, "dry");
+    pass(); /* -ENOBUFS: a falls back to a plain receive; the period ends dry */
+    cr_assert_eq(stats_get(recv_fallbacks), 1);
+    k.buf_head = saved;
+    peer_sends(b, "copied");
+    pass(); /* the period after a dry one: b's bytes are copied, the buffer recycled */
+    cr_assert_eq(buffers_in_ring(), k.nbufs, "a buffer was lent while the ring ran dry");
+    pump();
+    cr_assert_not_null(pending_op(OP_SEND, b->fd));
+    complete_send(b, 6);
+    pump();
+    const struct io_uring_buf *next = &k.br->bufs[k.buf_head & (k.nbufs - 1)];
+    const char *arrived_in = (const char *)(uintptr_t)next->addr;
+    peer_sends(b, "lent");
+    pump();
+    cr_assert_eq(pending_op(OP_SEND, b->fd)->buf, arrived_in, "lending did not resume");
+    complete_send(b, 4);
+    pump();
+    cr_assert_eq(memcmp(b->out, "copiedlent", 10), 0);
+    finish_and_check();
+}
+
 Test(uring, short_send_posts_the_rest)
 {
     start();
