@@ -490,6 +490,13 @@ static void drop_held(struct uconn *u)
     u->held_len = 0;
 }
 
+/* Whether w may lend one more provided buffer: under LEND_MAX, and the ring did not
+ * run dry in this tick period or the one before. */
+static int may_lend(const struct uworker *w)
+{
+    return !w->dry && !w->was_dry && w->lent < LEND_MAX(w->nbufs);
+}
+
 /* Completes c's posted operation with a kernel result (or a synthesized one). */
 static void complete_op(struct uworker *w, struct ureq *r, int res, unsigned flags)
 {
@@ -499,8 +506,7 @@ static void complete_op(struct uworker *w, struct ureq *r, int res, unsigned fla
     if (flags & IORING_CQE_F_BUFFER) {
         unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
         void *data = w->bufs + (size_t)bid * w->buf_size;
-        if (res > 0 && !r->fail_reset && !w->dry && !w->was_dry && w->lent < LEND_MAX(w->nbufs) &&
-            conn_lend_buffer(c, data, w->buf_size)) {
+        if (res > 0 && !r->fail_reset && may_lend(w) && conn_lend_buffer(c, data, w->buf_size)) {
             w->lent++; /* echoed from the provided buffer; uring_buffer_return recycles it */
         } else if (res > 0) {
             u->held_bid = (int)bid;

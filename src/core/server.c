@@ -24,6 +24,12 @@ static size_t worker_share(const struct ep_config *cfg, int nworkers)
     return cfg->max_buffer_bytes / RESERVE_SHARE / (size_t)nworkers;
 }
 
+/* What full-size buffers may add up to: the budget less its reserved eighth. */
+static size_t full_tier_limit(const struct ep_config *cfg)
+{
+    return cfg->max_buffer_bytes - cfg->max_buffer_bytes / RESERVE_SHARE;
+}
+
 /* Idle buffers worker caches may hold, each: bounded so the budget stays usable. */
 static int cache_cap(const struct ep_config *cfg, int nworkers)
 {
@@ -323,7 +329,7 @@ void *srv_buffer_get(struct conn *c, size_t *cap)
         *cap = size;
         return buf;
     }
-    if (budget_take(s, size, max - max / RESERVE_SHARE))
+    if (budget_take(s, size, full_tier_limit(s->cfg)))
         *cap = size;
     else if (small < size && budget_take(s, small, max))
         *cap = small;
@@ -346,9 +352,7 @@ static void wake_parked(struct server *s)
 
 int srv_buffer_charge(struct conn *c)
 {
-    const struct ep_config *cfg = c->srv->cfg;
-    return budget_take(c->srv, cfg->buffer_size,
-                       cfg->max_buffer_bytes - cfg->max_buffer_bytes / RESERVE_SHARE);
+    return budget_take(c->srv, c->srv->cfg->buffer_size, full_tier_limit(c->srv->cfg));
 }
 
 void srv_buffer_uncharge(struct conn *c)
