@@ -51,6 +51,17 @@ static int would_block(void)
 #endif
 }
 
+/* Nonzero when the last socket call failed for want of a descriptor or handle. */
+static int out_of_descriptors(void)
+{
+#ifdef _WIN32
+    int e = WSAGetLastError();
+    return e == WSAEMFILE || e == WSAENOBUFS;
+#else
+    return errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM;
+#endif
+}
+
 /* Executes one command line; returns its reply (into buf when dynamic). */
 static const char *admin_command(struct admin *a, const char *line, char *buf, size_t len)
 {
@@ -171,11 +182,39 @@ static void client_close(struct admin *a, int i, const char *why)
     memmove(c, c + 1, (size_t)(a->nclients - i) * sizeof(*c));
 }
 
+/* Accepts a client, giving up the reserve descriptor for it when none is left. */
+static net_socket admin_accept_one(struct admin *a)
+{
+    net_socket s = accept(a->listener, NULL, NULL);
+    if (s == NET_INVALID && out_of_descriptors() && a->reserve != NET_INVALID) {
+        net_close(a->reserve);
+        a->reserve = NET_INVALID;
+        s = accept(a->listener, NULL, NULL);
+    }
+    return s;
+}
+
+/* Takes a descriptor back into reserve once one is free again (the data port may hold
+ * every other one: descriptor exhaustion must not take the admin port with it). */
+static void admin_reserve_refill(struct admin *a)
+{
+    if (a->reserve == NET_INVALID)
+        a->reserve = socket(AF_INET, SOCK_STREAM, 0);
+}
+
+/* Closes the reserve descriptor, if held. */
+static void admin_reserve_release(struct admin *a)
+{
+    if (a->reserve != NET_INVALID)
+        net_close(a->reserve);
+    a->reserve = NET_INVALID;
+}
+
 /* Accepts every pending admin client; when all slots are taken the oldest is dropped. */
 static void admin_accept(struct admin *a, int64_t now)
 {
     for (;;) {
-        net_socket s = accept(a->listener, NULL, NULL);
+        net_socket s = admin_accept_one(a);
         if (s == NET_INVALID) {
             if (!would_block()) /* e.g. out of descriptors: retry later, not in a spin */
                 a->accept_retry_ms = now + ADMIN_WAIT_MS;
@@ -232,6 +271,7 @@ static void admin_round(struct admin *a)
             client_close(a, i, "error admin deadline passed\n");
     if (fds[0].revents & POLLIN)
         admin_accept(a, now);
+    admin_reserve_refill(a);
 }
 
 /* The admin thread: rounds until admin_stop, then a last flush and close of every client. */
@@ -265,10 +305,13 @@ int admin_start(struct admin *a, struct server *srv, unsigned port, char *err, s
         return EP_EADDR;
     }
     a->port = ntohs(addr.sin_port);
+    a->reserve = NET_INVALID;
+    admin_reserve_refill(a);
     a->clients = calloc(ADMIN_CLIENTS_MAX, sizeof(*a->clients));
     if (!a->clients || ep_thread_start(&a->thread, admin_loop, a)) {
         snprintf(err, errlen, "cannot start the admin thread");
         free(a->clients);
+        admin_reserve_release(a);
         net_close(a->listener);
         return EP_EIO;
     }
@@ -279,6 +322,7 @@ void admin_stop(struct admin *a)
 {
     atomic_store(&a->stop, 1);
     ep_thread_join(a->thread);
+    admin_reserve_release(a);
     net_close(a->listener);
     free(a->clients);
 }

@@ -22,6 +22,7 @@ struct admin {
     struct admin_client *clients; /* ADMIN_CLIENTS_MAX slots, oldest first */
     int nclients;
     int64_t accept_retry_ms; /* after a failed accept, poll the listener again from then */
+    net_socket reserve;      /* a descriptor held back for an admin client when none is left */
 };
 
 /* Listens on 127.0.0.1:port and serves commands on a thread. 0, or EP_E* with err set. */

@@ -1,6 +1,7 @@
-"""Hostile clients (issue 11): descriptor exhaustion, --max-conns and --idle-timeout
-with many clients, clients that never read against the global buffer budget, a huge
---buffer-size with many threads, and a storm of silent connections. Each case is
+"""Hostile clients (issue 11): descriptor exhaustion (the data port and the admin port),
+--max-conns and --idle-timeout with many clients, clients that never read against the
+global buffer budget, a huge --buffer-size with many threads, and a storm of silent
+connections. Each case is
 bounded (well under 20 s per build) and ends with the clean-shutdown equalities."""
 
 import errno
@@ -79,51 +80,92 @@ def settle(srv, build, held0=None):
                       f"active == 0 and sockets_opened - sockets_closed == {held0}")
 
 
+class DescriptorLimit:
+    """The server held at its descriptor limit by 100 connecting clients (some are reset
+    or wait in the backlog) for the `with` block; its books before, in held0 and fds0."""
+
+    def __init__(self, srv, build):
+        self.srv, self.build = srv, build
+        st0 = settle(srv, build)
+        self.held0 = st0["sockets_opened"] - st0["sockets_closed"]
+        self.holder = fd_holder(srv, build)
+        self.fds0 = self.holder.num_fds()
+        self.pids = [srv.pid] + ([self.holder.pid] if build.wine else [])
+        self.old_limit = self.holder.rlimit(psutil.RLIMIT_NOFILE)
+        self.limit = self.fds0 + WINE_FD_HEADROOM if build.wine else FD_LIMIT
+        self.storm = []
+
+    def __enter__(self):
+        if self.build.wine:
+            self.holder.rlimit(psutil.RLIMIT_NOFILE, (self.limit, self.old_limit[1]))
+        try:
+            self.storm = open_nonblocking(self.srv.addr, 100)
+            wait_until(lambda: highest_fd(self.holder) >= self.limit - 1,
+                       10 * self.build.slowness,
+                       f"the {self.holder.name()} to reach its descriptor limit {self.limit}")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for s in self.storm:
+            s.close()
+        self.storm = []
+        if self.build.wine:
+            self.holder.rlimit(psutil.RLIMIT_NOFILE, self.old_limit)
+
+    def check_released(self):
+        """After the storm: the socket books and the descriptors are back where they were."""
+        st = settle(self.srv, self.build, self.held0)
+        assert st["accept_errors"] > 0, f"the server never ran out of descriptors: {st}"
+        if self.build.wine:
+            wait_until(lambda: self.holder.num_fds() <= self.fds0 + WINE_FD_SLACK,
+                       20 * self.build.slowness,
+                       f"the wineserver's descriptors back to {self.fds0} (+{WINE_FD_SLACK})")
+        else:
+            wait_until(lambda: self.holder.num_fds() == self.fds0, 10,
+                       f"the server's descriptors back to {self.fds0}")
+
+
 def test_fd_exhaustion_then_serves_without_spinning(server, build, base_seed):
-    """The server at its descriptor limit while 100 clients connect (some are reset or
-    wait in the backlog), then all leave: it must not spin at the limit nor after,
-    must serve a new client at once, and its books and descriptors must balance."""
+    """The server at its descriptor limit while 100 clients connect, then all leave: it
+    must not spin at the limit nor after, must serve a new client at once, and its books
+    and descriptors must balance."""
     srv = server(launcher=["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}"])
     msg = payload(mix_seed(base_seed, "emfile"), 4 * KiB)
     check_echo(msg, exchange(srv.addr, msg), "warm-up")
-    st0 = settle(srv, build)
-    held0 = st0["sockets_opened"] - st0["sockets_closed"]
-    holder = fd_holder(srv, build)
-    fds0 = holder.num_fds()
-    pids = [srv.pid] + ([holder.pid] if build.wine else [])
-    old_limit = holder.rlimit(psutil.RLIMIT_NOFILE)
-    limit = FD_LIMIT
-    if build.wine:
-        limit = fds0 + WINE_FD_HEADROOM
-        holder.rlimit(psutil.RLIMIT_NOFILE, (limit, old_limit[1]))
-    try:
-        storm = open_nonblocking(srv.addr, 100)
-        try:
-            wait_until(lambda: highest_fd(holder) >= limit - 1, 10 * build.slowness,
-                       f"the {holder.name()} to reach its descriptor limit {limit}")
-            held_share = cpu_share(pids, SPIN_WINDOW)
-        finally:
-            for s in storm:
-                s.close()
-        took, got = timed_echo(srv.addr, msg, 5 * build.slowness)
-        check_echo(msg, got, "the first client after the storm")
-        assert took < 1.5 * build.slowness, f"served only {took:.2f} s after the storm left"
-        idle_share = cpu_share(pids, SPIN_WINDOW)
-    finally:
-        if build.wine:
-            holder.rlimit(psutil.RLIMIT_NOFILE, old_limit)
+    limit = DescriptorLimit(srv, build)
+    with limit:
+        held_share = cpu_share(limit.pids, SPIN_WINDOW)
+    took, got = timed_echo(srv.addr, msg, 5 * build.slowness)
+    check_echo(msg, got, "the first client after the storm")
+    assert took < 1.5 * build.slowness, f"served only {took:.2f} s after the storm left"
+    idle_share = cpu_share(limit.pids, SPIN_WINDOW)
     assert held_share < MAX_CPU_SHARE, (
         f"busy at the descriptor limit: {held_share:.1%} CPU over {SPIN_WINDOW} s")
     assert idle_share < MAX_CPU_SHARE, (
         f"busy while idle after the storm: {idle_share:.1%} CPU over {SPIN_WINDOW} s")
-    st = settle(srv, build, held0)
-    assert st["accept_errors"] > 0, f"the server never ran out of descriptors: {st}"
-    if build.wine:
-        wait_until(lambda: holder.num_fds() <= fds0 + WINE_FD_SLACK, 20 * build.slowness,
-                   f"the wineserver's descriptors back to {fds0} (+{WINE_FD_SLACK})")
-    else:
-        wait_until(lambda: holder.num_fds() == fds0, 10, f"the server's descriptors back to {fds0}")
+    limit.check_released()
     srv.stop()
+    assert_clean(srv)
+
+
+def test_admin_port_answers_while_clients_hold_every_descriptor(server, build):
+    """With the data port's clients holding every descriptor the server may open, admin
+    clients are still answered, one after another (the admin port keeps one in reserve
+    and takes it back after each), and `shutdown` still ends the server cleanly."""
+    srv = server(launcher=["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}"])
+    limit = DescriptorLimit(srv, build)
+    with limit:
+        for i in range(3):
+            t0 = time.monotonic()
+            st = srv.stats()
+            took = time.monotonic() - t0
+            assert took < 0.5 * build.slowness, f"stats {i} answered after {took:.2f} s at the limit"
+        assert st["accept_errors"] > 0, f"the server was not out of descriptors: {st}"
+        assert srv.admin("ping") == "pong"
+        srv.stop()
     assert_clean(srv)
 
 
