@@ -47,11 +47,15 @@ def select_cells(keys):
     """The cells named in `keys` (comma-separated), all when empty; ValueError if unknown."""
     if not keys:
         return list(CELLS)
-    want = [k.strip() for k in keys.split(",")]
-    unknown = [k for k in want if k not in {c.key for c in CELLS}]
-    if unknown:
-        raise ValueError(f"unknown cell(s) {', '.join(unknown)}; known: "
-                         + ", ".join(c.key for c in CELLS))
+    want, rest = [], keys.strip()
+    known = sorted((c.key for c in CELLS), key=len, reverse=True)  # a key may hold a comma
+    while rest:
+        key = next((k for k in known if rest == k or rest.startswith(k + ",")), None)
+        if key is None:
+            raise ValueError(f"unknown cell {rest.split(',')[0].strip()!r}; known: "
+                             + "; ".join(c.key for c in CELLS))
+        want.append(key)
+        rest = rest[len(key):].lstrip(",").strip()
     return [c for c in CELLS if c.key in want]
 
 

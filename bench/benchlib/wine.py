@@ -33,11 +33,12 @@ def wineserver_pids():
     return pids
 
 
-def run(servers, st):
-    """Every Wine cell; servers: {name: argv without wine}; returns {name: {cell key: summary}}."""
+def run(servers, cells, st):
+    """The cells under Wine; servers: {name: argv without wine}; returns {name: {cell key:
+    summary}}."""
     env = wine_env()
     try:
-        return run_all({n: ["wine"] + argv for n, argv in servers.items()}, WINE_CELLS, st,
+        return run_all({n: ["wine"] + argv for n, argv in servers.items()}, cells, st,
                        env=env, extra_pids=wineserver_pids, start_timeout=120.0)
     finally:
         stop_prefix(env)
