@@ -16,11 +16,13 @@
 #ifdef _WIN32
 #define admin_poll(fds, n, ms) WSAPoll((fds), (ULONG)(n), (ms))
 #define ADMIN_SEND_FLAGS 0
+#define ADMIN_SHUT_BOTH SD_BOTH
 #else
 #include <errno.h>
 #include <poll.h>
 #define admin_poll(fds, n, ms) poll((fds), (nfds_t)(n), (ms))
 #define ADMIN_SEND_FLAGS MSG_NOSIGNAL
+#define ADMIN_SHUT_BOTH SHUT_RDWR
 #endif
 
 #define ADMIN_LINE_MAX 256   /* a longer line is answered with an error, then closed */
@@ -56,7 +58,7 @@ static int out_of_descriptors(void)
 {
 #ifdef _WIN32
     int e = WSAGetLastError();
-    return e == WSAEMFILE || e == WSAENOBUFS;
+    return e == WSAEMFILE || e == WSAENOBUFS || e == WSAEINVAL; /* Wine's accept: EINVAL */
 #else
     return errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM;
 #endif
@@ -166,6 +168,19 @@ static int client_step(struct admin *a, struct admin_client *c, short revents)
     return client_done(c) ? -1 : 0;
 }
 
+/* Closes an admin client's socket. While the reserve is spent, the socket becomes the
+ * reserve instead, shut down both ways (the peer sees the same FIN): closing it and
+ * refilling later would let the data port, accepting at its limit, take the descriptor. */
+static void admin_socket_release(struct admin *a, net_socket s)
+{
+    if (a->reserve == NET_INVALID && shutdown(s, ADMIN_SHUT_BOTH) == 0) {
+        a->reserve = s;
+        a->accept_retry_ms = 0; /* the reserve is back: a waiting client may take it now */
+        return;
+    }
+    net_close(s);
+}
+
 /* Closes client i, after a last try to send why (a one-line error when given and nothing
  * else is queued) and discarding unread input so the close is a FIN, not a reset. */
 static void client_close(struct admin *a, int i, const char *why)
@@ -177,7 +192,7 @@ static void client_close(struct admin *a, int i, const char *why)
     client_flush(c);
     for (int k = 0; k < 8 && recv(c->s, scratch, sizeof(scratch), 0) > 0; k++)
         ;
-    net_close(c->s);
+    admin_socket_release(a, c->s);
     a->nclients--;
     memmove(c, c + 1, (size_t)(a->nclients - i) * sizeof(*c));
 }
