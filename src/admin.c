@@ -293,10 +293,18 @@ static void admin_round(struct admin *a)
 static void admin_loop(void *arg)
 {
     struct admin *a = arg;
+    /* Its own descriptor table where it can have one, so the data port can never use up
+     * the admin port's descriptors; taken before the data port accepts (admin_start waits
+     * for `ready`), so no data socket is copied into it and kept open by it. Else it
+     * shares the process's and relies on the reserve. */
+    ep_thread_own_descriptors();
+    admin_reserve_refill(a);
+    atomic_store(&a->ready, 1);
     while (!atomic_load(&a->stop))
         admin_round(a);
     while (a->nclients > 0)
         client_close(a, a->nclients - 1, NULL);
+    admin_reserve_release(a);
 }
 
 int admin_start(struct admin *a, struct server *srv, unsigned port, char *err, size_t errlen)
@@ -321,15 +329,15 @@ int admin_start(struct admin *a, struct server *srv, unsigned port, char *err, s
     }
     a->port = ntohs(addr.sin_port);
     a->reserve = NET_INVALID;
-    admin_reserve_refill(a);
     a->clients = calloc(ADMIN_CLIENTS_MAX, sizeof(*a->clients));
     if (!a->clients || ep_thread_start(&a->thread, admin_loop, a)) {
         snprintf(err, errlen, "cannot start the admin thread");
         free(a->clients);
-        admin_reserve_release(a);
         net_close(a->listener);
         return EP_EIO;
     }
+    while (!atomic_load(&a->ready))
+        ep_thread_yield();
     return 0;
 }
 
@@ -337,7 +345,6 @@ void admin_stop(struct admin *a)
 {
     atomic_store(&a->stop, 1);
     ep_thread_join(a->thread);
-    admin_reserve_release(a);
     net_close(a->listener);
     free(a->clients);
 }

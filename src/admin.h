@@ -18,11 +18,13 @@ struct admin {
     net_socket listener;
     unsigned port; /* the bound port, also when 0 was asked */
     atomic_int stop;
+    atomic_int ready; /* the admin thread has its descriptor table and its reserve */
     ep_thread thread;
     struct admin_client *clients; /* ADMIN_CLIENTS_MAX slots, oldest first */
     int nclients;
     int64_t accept_retry_ms; /* after a failed accept, poll the listener again from then */
-    net_socket reserve;      /* a descriptor held back for an admin client when none is left */
+    net_socket reserve;      /* a descriptor held back for an admin client when none is left
+                              * (the admin thread's own: opened and closed there) */
 };
 
 /* Listens on 127.0.0.1:port and serves commands on a thread. 0, or EP_E* with err set. */

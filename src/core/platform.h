@@ -27,6 +27,15 @@ void ep_mutex_unlock(ep_mutex *m);
 int ep_thread_start(ep_thread *t, void (*fn)(void *), void *arg);
 void ep_thread_join(ep_thread t);
 
+/* Lets other threads run before the caller goes on. */
+void ep_thread_yield(void);
+
+/* Gives the calling thread a descriptor table of its own, a copy of the process's at this
+ * moment (Linux): what it opens afterwards is not in the process's table, and the other
+ * threads cannot use up its descriptors. 0, or -1 when it keeps sharing the process's
+ * (Windows; a TSan build, as TSan tracks descriptors by number across threads). */
+int ep_thread_own_descriptors(void);
+
 /* Milliseconds from an arbitrary fixed point; never goes backwards. */
 int64_t ep_now_ms(void);
 
@@ -34,7 +43,8 @@ int64_t ep_now_ms(void);
  * it), at least 1: the default worker count. */
 int ep_cpu_count(void);
 
-/* Open handles (Windows) or file descriptors (Linux) of this process, -1 if unknown. */
+/* Open handles (Windows) or file descriptors (Linux) of this process (of its main
+ * table, when the caller has a table of its own), -1 if unknown. */
 long ep_process_handles(void);
 
 #endif
