@@ -10,29 +10,46 @@ IDLE_SOURCES = [f"127.0.0.{i}" for i in range(1, 5)]
 PROBE = bytes(range(64))
 
 
-def idle_connections(name, cmd, n=10000, settle_timeout=20.0):
-    """RSS before/after n idle connections; checks a few of them still echo."""
-    with Server(name, cmd) as srv:
+def idle_connections(name, cmd, n=10000, settle_timeout=20.0, env=None, helpers=None,
+                     start_timeout=20.0):
+    """RSS before/after n idle connections; checks a few of them still echo. helpers()
+    gives the pids of processes that hold the server's sockets for it (the wineserver):
+    their descriptors are the ones waited for, and their RSS is reported apart."""
+    with Server(name, cmd, env=env, start_timeout=start_timeout) as srv:
         time.sleep(0.3)
-        rss0, fd0 = srv.rss_kib(), fd_count(srv.pid)
+        extra = helpers() if helpers else []
+        holders = extra or [srv.pid]
+        rss0, fd0, extra0 = srv.rss_kib(), _fds(holders), _rss(extra)
         socks, errors = [], 0
         try:
             t0 = time.monotonic()
             socks, errors = _open_idle(srv.port, n)
             connect_s = time.monotonic() - t0
-            accepted = _settle(srv, fd0 + len(socks), settle_timeout)
-            rss1 = srv.rss_kib()
+            accepted = _settle(srv, holders, fd0 + len(socks), settle_timeout)
+            rss1, extra1 = srv.rss_kib(), _rss(extra)
             echoing = sum(_probe(s) for s in socks[:2] + socks[-2:])
         finally:
             for s in socks:
                 s.close()
     held = len(socks)
-    return {
+    out = {
         "conns": held, "connect_errors": errors, "connect_s": round(connect_s, 2),
         "accepted_fds": accepted, "rss_before_kib": rss0, "rss_after_kib": rss1,
         "kib_per_conn": (rss1 - rss0) / held if held else None,
         "probes_echoed": f"{echoing}/4",
     }
+    if extra:
+        out.update(helper_rss_before_kib=extra0, helper_rss_after_kib=extra1,
+                   helper_kib_per_conn=(extra1 - extra0) / held if held else None)
+    return out
+
+
+def _fds(pids):
+    return sum(fd_count(p) for p in pids)
+
+
+def _rss(pids):
+    return sum(procs.rss_kib(p) for p in pids)
 
 
 def _open_idle(port, n):
@@ -52,17 +69,18 @@ def _open_idle(port, n):
     return socks, errors
 
 
-def _settle(srv, want_fds, timeout):
-    """Waits until the server holds want_fds descriptors and its RSS stops moving."""
+def _settle(srv, holders, want_fds, timeout):
+    """Waits until the holders hold want_fds descriptors and the server's RSS stops
+    moving; returns the descriptors held then."""
     deadline, last, stable_since = time.monotonic() + timeout, -1, time.monotonic()
     while time.monotonic() < deadline and srv.alive():
-        rss, fds = srv.rss_kib(), fd_count(srv.pid)
+        rss, fds = srv.rss_kib(), _fds(holders)
         if rss != last:
             last, stable_since = rss, time.monotonic()
         if fds >= want_fds and time.monotonic() - stable_since >= 0.5:
             break
         time.sleep(0.1)
-    return fd_count(srv.pid)
+    return _fds(holders)
 
 
 def _probe(s):

@@ -3,6 +3,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from . import memory
 from .procs import BUILD, say
 from .throughput import CELLS, run_all
 
@@ -42,6 +43,23 @@ def run(servers, cells, st):
                        env=env, extra_pids=wineserver_pids, start_timeout=120.0)
     finally:
         stop_prefix(env)
+
+
+def idle(servers, n):
+    """n idle connections to each server under Wine ({name: argv without wine}); returns
+    {name: memory.idle_connections summary}, the wineserver's RSS reported apart (a fresh
+    wineserver for each, so none starts with a heap the other grew)."""
+    env, out = wine_env(), {}
+    for name, argv in servers.items():
+        say(f"{name}: {n} idle connections under Wine")
+        try:
+            out[name] = memory.idle_connections(name, ["wine"] + argv, n, env=env,
+                                                helpers=wineserver_pids, start_timeout=120.0)
+        except RuntimeError as e:
+            out[name] = {"failure": str(e)}
+        finally:
+            stop_prefix(env)
+    return out
 
 
 def stop_prefix(env):

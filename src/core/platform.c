@@ -12,10 +12,10 @@ struct thread_start {
 
 #ifdef _WIN32
 
-void ep_mutex_init(ep_mutex *m) { InitializeCriticalSection(m); }
-void ep_mutex_destroy(ep_mutex *m) { DeleteCriticalSection(m); }
-void ep_mutex_lock(ep_mutex *m) { EnterCriticalSection(m); }
-void ep_mutex_unlock(ep_mutex *m) { LeaveCriticalSection(m); }
+void ep_mutex_init(ep_mutex *m) { InitializeSRWLock(m); }
+void ep_mutex_destroy(ep_mutex *m) { (void)m; /* an SRW lock holds no resources */ }
+void ep_mutex_lock(ep_mutex *m) { AcquireSRWLockExclusive(m); }
+void ep_mutex_unlock(ep_mutex *m) { ReleaseSRWLockExclusive(m); }
 
 static DWORD WINAPI thread_trampoline(LPVOID p)
 {

@@ -10,7 +10,7 @@
 #define WIN32_LEAN_AND_MEAN
 #endif
 #include <windows.h>
-typedef CRITICAL_SECTION ep_mutex;
+typedef SRWLOCK ep_mutex; /* not a CRITICAL_SECTION: Wine allocates debug info for each */
 typedef HANDLE ep_thread;
 #else
 #include <pthread.h>
