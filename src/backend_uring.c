@@ -211,12 +211,17 @@ static void recycle_buffer(struct uworker *w, unsigned bid)
 
 /* ---- accepts ---------------------------------------------------------------------- */
 
-/* Closes the shared listener once, whoever gets here first. */
+/* Closes the shared listener once, whoever gets here first. Shut down first: the admin
+ * thread's descriptor table holds a copy of it (admin_loop), and a close alone would
+ * leave the port listening, so that new clients wait out the drain and are then reset
+ * instead of being refused at once. */
 static void close_listener(struct uring_state *st)
 {
     int fd = atomic_exchange(&st->lfd, -1);
-    if (fd >= 0)
+    if (fd >= 0) {
+        uring_ops.shutdown(fd, SHUT_RDWR);
         close_socket(fd);
+    }
 }
 
 /* Notes that w accepts no more; the last ring to stop closes the shared listener. */

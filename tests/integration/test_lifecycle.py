@@ -2,6 +2,7 @@
 stats equalities, bad command lines, --max-conns, --idle-timeout."""
 
 import random
+import socket
 import threading
 import time
 
@@ -103,6 +104,47 @@ def test_shutdown_lets_an_echo_in_flight_finish(server, build, base_seed):
     assert_clean(srv)
     assert final["bytes_out"] >= len(got), (f"server sent {final['bytes_out']} bytes, the client"
                                             f" got {len(got)}")
+
+
+def test_new_clients_are_refused_at_once_while_the_server_drains(server, build):
+    """After a stop request, while a client that never reads keeps an echo owed (the drain
+    runs to its deadline), the port refuses new clients at once: nothing listens any more,
+    so none is left in a backlog to wait out the drain and then be reset."""
+    srv = server("--drain-timeout", 5000)
+    hog = socket.socket()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * KiB)
+    hog.connect(srv.addr)
+    hog.setblocking(False)
+    try:
+        while True:
+            hog.send(b"x" * 64 * KiB)
+    except BlockingIOError:
+        pass
+    seen = []
+
+    def stuck_owing():  # bytes taken in and not sent, and no send progress since last look
+        st = srv.stats()
+        seen.append(st["bytes_out"])
+        return st["bytes_in"] > st["bytes_out"] and seen[-2:] == [st["bytes_out"]] * 2
+
+    wait_until(stuck_owing, 5 * build.slowness, "the server owing the client an echo it "
+               "cannot send")
+    srv.request_stop("admin")
+
+    def refused():
+        try:
+            socket.create_connection(srv.addr, timeout=1).close()
+            return False
+        except ConnectionRefusedError:
+            return True
+
+    wait_until(refused, 2 * build.slowness, "a new client refused after the stop request")
+    assert srv.alive(), "the server was no longer draining: the test proves nothing"
+    hog.close()
+    assert srv.wait_exit() == 0, f"exit {srv.returncode}"
+    srv.final_line = [l for l in srv.out.lines if l.startswith("stats ")][-1]
+    srv.final = parse_stats(srv.final_line)
+    assert_clean(srv, bytes_equal=False)
 
 
 def test_stats_line_format(server, build):

@@ -943,6 +943,21 @@ Test(uring, accept_error_with_f_more_keeps_the_accept_armed)
     finish_and_check();
 }
 
+/* A copy of the listener's descriptor (the admin thread's table holds one) must not keep
+ * the port listening once the server stops accepting. */
+Test(uring, the_listener_is_shut_down_before_it_is_closed)
+{
+    start();
+    pump();
+    struct fsock *listener = NULL;
+    for (int i = 0; i < k.nsocks && !listener; i++)
+        if (k.socks[i].listener)
+            listener = &k.socks[i];
+    cr_assert_not_null(listener, "no accept was armed on a listener");
+    finish_and_check();
+    cr_assert(listener->shut, "the listener was closed without a shutdown");
+}
+
 Test(uring, back_off_pending_at_stop_is_cancelled)
 {
     start();
