@@ -242,14 +242,23 @@ def _verdict(ok, text):
 # ---- sections of latest.md --------------------------------------------------
 
 def memory_md(mem):
-    rows = [["server", "idle conns", "RSS before KiB", "RSS after KiB", "KiB per idle conn",
-             "probes echoed", "connect errors"]]
-    for name, m in mem["results"].items():
+    return _idle_table(mem["results"])
+
+
+def _idle_table(results, helper=None):
+    """The idle-connection summaries as a table; with helper (the name of the process that
+    holds the sockets for the server), a column for its KiB per connection."""
+    head = ["server", "idle conns", "RSS before KiB", "RSS after KiB", "KiB per idle conn"]
+    head += [f"{helper} KiB per idle conn"] * bool(helper) + ["probes echoed", "connect errors"]
+    rows = [head]
+    for name, m in results.items():
         if m.get("failure"):
-            rows.append([name, "FAILED: " + m["failure"], "", "", "", "", ""])
+            rows.append([name, "FAILED: " + m["failure"]] + [""] * (len(head) - 2))
             continue
+        extra = [num(m.get("helper_kib_per_conn"), 2)] * bool(helper)
         rows.append([name, str(m["conns"]), str(m["rss_before_kib"]), str(m["rss_after_kib"]),
-                     num(m["kib_per_conn"], 2), m["probes_echoed"], str(m["connect_errors"])])
+                     num(m["kib_per_conn"], 2)] + extra +
+                    [m["probes_echoed"], str(m["connect_errors"])])
     return markdown(rows)
 
 
@@ -320,16 +329,7 @@ def wine_md(wine):
 def wine_memory_md(wine):
     """The idle connections under Wine: the server process's RSS, and the wineserver's
     apart (it holds the sockets, as the kernel does on Linux)."""
-    rows = [["server", "idle conns", "RSS before KiB", "RSS after KiB", "KiB per idle conn",
-             "wineserver KiB per idle conn", "probes echoed", "connect errors"]]
-    for name, m in (wine.get("memory") or {}).items():
-        if m.get("failure"):
-            rows.append([name, "FAILED: " + m["failure"]] + [""] * 6)
-            continue
-        rows.append([name, str(m["conns"]), str(m["rss_before_kib"]), str(m["rss_after_kib"]),
-                     num(m["kib_per_conn"], 2), num(m.get("helper_kib_per_conn"), 2),
-                     m["probes_echoed"], str(m["connect_errors"])])
-    return markdown(rows)
+    return _idle_table(wine.get("memory") or {}, helper="wineserver")
 
 
 def wine_targets(wine):
