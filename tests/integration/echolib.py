@@ -301,13 +301,18 @@ class Server:
         if expect_rc is not None and rc != expect_rc:
             raise EchoportError(f"the server exited {rc} after a stop via {via}, expected"
                                 f" {expect_rc}\nstdout:\n{self.out.text()}\nstderr:\n{self.err.text()}")
-        finals = [l for l in self.out.lines if l.startswith("stats ")]
         if rc == 0:
-            if not finals:
-                raise EchoportError(f"no final 'stats ...' line on stdout\nstdout:\n"
-                                    f"{self.out.text()}\nstderr:\n{self.err.text()}")
-            self.final_line = finals[-1]
-            self.final = parse_stats(self.final_line)
+            self.read_final()
+        return self.final
+
+    def read_final(self):
+        """After a clean exit: the final stats line, parsed into self.final (and returned)."""
+        finals = [l for l in self.out.lines if l.startswith("stats ")]
+        if not finals:
+            raise EchoportError(f"no final 'stats ...' line on stdout\nstdout:\n"
+                                f"{self.out.text()}\nstderr:\n{self.err.text()}")
+        self.final_line = finals[-1]
+        self.final = parse_stats(self.final_line)
         return self.final
 
     def kill(self):

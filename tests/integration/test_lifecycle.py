@@ -9,8 +9,7 @@ import time
 import pytest
 
 from echolib import (KiB, MiB, Session, assert_clean, check_echo, connect, exchange_on, mix_seed,
-                     only_builds, parse_stats, payload, run_cli, run_sessions, wait_eof,
-                     wait_until)
+                     only_builds, payload, run_cli, run_sessions, wait_eof, wait_until)
 
 STOPS = {"linux": ["admin", "sigint", "sigterm"], "windows": ["admin", "sigint"]}
 
@@ -96,9 +95,7 @@ def test_shutdown_lets_an_echo_in_flight_finish(server, build, base_seed):
     assert bytes(got) == data[:len(got)], "the echo before EOF is not a prefix of the stream"
     srv.wait_exit()
     assert srv.returncode == 0, f"exit {srv.returncode}"
-    final = parse_stats([l for l in srv.out.lines if l.startswith("stats ")][-1])
-    srv.final = final
-    srv.final_line = [l for l in srv.out.lines if l.startswith("stats ")][-1]
+    final = srv.read_final()
     # every byte the server took in went back out (the echo in flight was finished);
     # the client may miss the tail: the server's close with unread input sends a RST
     assert_clean(srv)
@@ -142,8 +139,7 @@ def test_new_clients_are_refused_at_once_while_the_server_drains(server, build):
     assert srv.alive(), "the server was no longer draining: the test proves nothing"
     hog.close()
     assert srv.wait_exit() == 0, f"exit {srv.returncode}"
-    srv.final_line = [l for l in srv.out.lines if l.startswith("stats ")][-1]
-    srv.final = parse_stats(srv.final_line)
+    srv.read_final()
     assert_clean(srv, bytes_equal=False)
 
 
