@@ -197,16 +197,29 @@ static void client_close(struct admin *a, int i, const char *why)
     memmove(c, c + 1, (size_t)(a->nclients - i) * sizeof(*c));
 }
 
-/* Accepts a client, giving up the reserve descriptor for it when none is left. */
-static net_socket admin_accept_one(struct admin *a)
+/* Accepts a client into *s: 1, 0 when none is waiting, -1 when one could not be accepted
+ * (retry after a delay). With no descriptor left it gives up the reserve for the client,
+ * under the descriptors lock so that the data port cannot take it in between, and takes
+ * it back at once when no client was waiting after all (Linux's accept fails with EMFILE
+ * before it looks at the queue; so does Wine's, with WSAEINVAL). */
+static int admin_accept_one(struct admin *a, net_socket *s)
 {
-    net_socket s = accept(a->listener, NULL, NULL);
-    if (s == NET_INVALID && out_of_descriptors() && a->reserve != NET_INVALID) {
-        net_close(a->reserve);
-        a->reserve = NET_INVALID;
-        s = accept(a->listener, NULL, NULL);
-    }
-    return s;
+    *s = accept(a->listener, NULL, NULL);
+    if (*s != NET_INVALID)
+        return 1;
+    if (would_block())
+        return 0;
+    if (!out_of_descriptors() || a->reserve == NET_INVALID)
+        return -1;
+    ep_descriptors_lock();
+    net_close(a->reserve);
+    *s = accept(a->listener, NULL, NULL);
+    int got = *s != NET_INVALID ? 1 : would_block() ? 0 : -1;
+    if (got < 0 && out_of_descriptors())
+        stats_add(admin_waits, 1); /* the descriptor went elsewhere all the same */
+    a->reserve = got == 1 ? NET_INVALID : socket(AF_INET, SOCK_STREAM, 0);
+    ep_descriptors_unlock();
+    return got;
 }
 
 /* Takes a descriptor back into reserve once one is free again (the data port may hold
@@ -229,14 +242,14 @@ static void admin_reserve_release(struct admin *a)
 static void admin_accept(struct admin *a, int64_t now)
 {
     for (;;) {
-        net_socket s = admin_accept_one(a);
-        if (s == NET_INVALID) {
-            if (!would_block()) /* e.g. out of descriptors: retry later, not in a spin */
-                a->accept_retry_ms = now + ADMIN_WAIT_MS;
+        net_socket s;
+        int got = admin_accept_one(a, &s);
+        if (got < 0) /* e.g. out of descriptors: retry later, not in a spin */
+            a->accept_retry_ms = now + ADMIN_WAIT_MS;
+        if (got <= 0)
             return;
-        }
         if (net_set_nonblocking(s)) {
-            net_close(s);
+            admin_socket_release(a, s);
             continue;
         }
         if (a->nclients == ADMIN_CLIENTS_MAX)
@@ -245,6 +258,8 @@ static void admin_accept(struct admin *a, int64_t now)
         memset(c, 0, offsetof(struct admin_client, in));
         c->s = s;
         c->deadline = now + ADMIN_DEADLINE_MS;
+        if (a->reserve == NET_INVALID)
+            return; /* at the limit: the next client needs this one's descriptor back */
     }
 }
 

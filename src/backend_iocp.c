@@ -240,7 +240,9 @@ static void post_accept_locked(struct iocp *b, struct accept_req *ar)
         ar->state = AS_DEAD;
         return;
     }
+    ep_descriptors_lock(); /* not the one the admin port gave up for its client */
     SOCKET as = shim_WSASocketW(b->family, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    ep_descriptors_unlock();
     if (as == INVALID_SOCKET) {
         accept_failed(b, ar);
         return;

@@ -67,6 +67,10 @@ void ep_thread_yield(void) { SwitchToThread(); }
 
 int ep_thread_own_descriptors(void) { return -1; }
 
+static SRWLOCK descriptors_lock = SRWLOCK_INIT;
+void ep_descriptors_lock(void) { AcquireSRWLockExclusive(&descriptors_lock); }
+void ep_descriptors_unlock(void) { ReleaseSRWLockExclusive(&descriptors_lock); }
+
 long ep_process_handles(void)
 {
     DWORD n = 0;
@@ -132,6 +136,10 @@ int ep_thread_own_descriptors(void)
     return 0;
 #endif
 }
+
+static pthread_mutex_t descriptors_lock = PTHREAD_MUTEX_INITIALIZER;
+void ep_descriptors_lock(void) { pthread_mutex_lock(&descriptors_lock); }
+void ep_descriptors_unlock(void) { pthread_mutex_unlock(&descriptors_lock); }
 
 int64_t ep_now_ms(void)
 {

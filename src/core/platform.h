@@ -36,6 +36,13 @@ void ep_thread_yield(void);
  * (Windows; a TSan build, as TSan tracks descriptors by number across threads). */
 int ep_thread_own_descriptors(void);
 
+/* One process-wide lock over handing a freed descriptor to the one meant to take it: the
+ * admin port holds it from giving up its reserve until its accept has the descriptor, and
+ * the data port's accept-socket creation (Windows) takes it too, so it cannot come in
+ * between and leave the admin client waiting at the descriptor limit. */
+void ep_descriptors_lock(void);
+void ep_descriptors_unlock(void);
+
 /* Milliseconds from an arbitrary fixed point; never goes backwards. */
 int64_t ep_now_ms(void);
 

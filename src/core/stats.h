@@ -11,6 +11,8 @@ struct ep_stats {
     atomic_uint_least64_t closed;         /* connections freed by the core */
     atomic_uint_least64_t refused;        /* closed at once: max-conns, no memory, stopping */
     atomic_uint_least64_t accept_errors;  /* accept operations that failed and were re-posted */
+    atomic_uint_least64_t admin_waits;    /* admin accepts that found no descriptor even after
+                                             the reserve was given up: the client waits a retry */
     atomic_uint_least64_t recv_fallbacks; /* receives that found the provided-buffer ring empty
                                              and fell back to a plain receive (0 on IOCP) */
     atomic_uint_least64_t buffer_waits;   /* receives parked because the buffer budget was spent */

@@ -146,8 +146,8 @@ def test_new_clients_are_refused_at_once_while_the_server_drains(server, build):
 def test_stats_line_format(server, build):
     srv = server()
     st = srv.stats()
-    keys = ["accepted", "closed", "active", "refused", "accept_errors", "bytes_in", "bytes_out",
-            "sockets_opened", "sockets_closed", "ctx_alloc", "ctx_free", "faults"]
+    keys = ["accepted", "closed", "active", "refused", "accept_errors", "admin_waits", "bytes_in",
+            "bytes_out", "sockets_opened", "sockets_closed", "ctx_alloc", "ctx_free", "faults"]
     missing = [k for k in keys if k not in st]
     assert not missing, f"stats line lacks {missing}: {st}"
     assert ("fds" if build.name == "linux" else "handles") in st, st
