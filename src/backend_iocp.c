@@ -86,12 +86,12 @@ struct accept_req {
 /* The backend's part of a connection (conn_bk). */
 struct iocp_conn {
     SOCKET sock;
-    int closed;    /* cancel/release closed sock (under c->lock) */
-    int skip;      /* sock is in skip-on-success mode */
-    int active;    /* the next receive gets a buffer (under c->lock) */
-    int buffered;  /* a receive with a buffer is posted (under c->lock; 0 once a send is) */
-    int quieting;  /* the tick cancelled that receive to make c idle (under c->lock) */
-    int64_t rtick; /* iocp.ticks when the buffered receive was posted */
+    unsigned char closed;   /* cancel/release closed sock (under c->lock) */
+    unsigned char skip;     /* sock is in skip-on-success mode */
+    unsigned char active;   /* the next receive gets a buffer (under c->lock) */
+    unsigned char buffered; /* a receive with a buffer is posted (under c->lock; 0 after a send) */
+    unsigned char quieting; /* the tick cancelled that receive to make c idle (under c->lock) */
+    int64_t rtick;          /* iocp.ticks when the buffered receive was posted */
     struct req rreq, sreq;
 };
 
@@ -433,7 +433,7 @@ static void post_recv(struct iocp *b, struct conn *c, struct iocp_conn *ic)
 /* bk recv: posts a receive. c->lock held. */
 static void iocp_recv(struct conn *c)
 {
-    post_recv(c->srv->bk_state, c, conn_bk(c));
+    post_recv(conn_srv(c)->bk_state, c, conn_bk(c));
 }
 
 /* bk send: sends buf[0..len) at once if the socket takes it (the non-blocking call
@@ -441,7 +441,7 @@ static void iocp_recv(struct conn *c)
  * overlapped send. Both are the same operation: one report. c->lock held. */
 static void iocp_send(struct conn *c, const char *buf, size_t len)
 {
-    struct iocp *b = c->srv->bk_state;
+    struct iocp *b = conn_srv(c)->bk_state;
     struct iocp_conn *ic = conn_bk(c);
     WSABUF wb = {len > MAX_IO_LEN ? MAX_IO_LEN : (ULONG)len, (char *)buf};
     memset(&ic->sreq.ov, 0, sizeof(ic->sreq.ov));

@@ -31,7 +31,7 @@ static void post_recv(struct conn *c)
 {
     c->pending++;
     c->recv_ops++;
-    c->srv->bk->recv(c);
+    conn_srv(c)->bk->recv(c);
 }
 
 /* Posts a send of what is still owed. Lock held. */
@@ -39,7 +39,7 @@ static void post_send(struct conn *c)
 {
     c->pending++;
     c->send_ops++;
-    c->srv->bk->send(c, c->buf + c->off, c->len - c->off);
+    conn_srv(c)->bk->send(c, c->buf + c->off, c->len - c->off);
 }
 
 void conn_close_locked(struct conn *c, int reason)
@@ -47,9 +47,9 @@ void conn_close_locked(struct conn *c, int reason)
     if (c->closing)
         return;
     c->closing = 1;
-    c->close_reason = reason;
+    c->close_reason = (signed char)reason;
     if (c->pending > 0)
-        c->srv->bk->cancel(c);
+        conn_srv(c)->bk->cancel(c);
 }
 
 int conn_claim_free(struct conn *c)
@@ -72,14 +72,14 @@ static void unlock_and_maybe_free(struct conn *c)
 /* Notes activity for the idle timeout; the clock is only read when one is set. */
 static void touch(struct conn *c)
 {
-    if (c->srv->cfg->idle_timeout_s)
+    if (conn_srv(c)->cfg->idle_timeout_s)
         c->last_active_ms = ep_now_ms();
 }
 
 void conn_start(struct conn *c)
 {
     ep_mutex_lock(&c->lock);
-    if (c->closing || srv_stopping(c->srv))
+    if (c->closing || srv_stopping(conn_srv(c)))
         conn_close_locked(c, 0); /* closed by a tick before it started */
     else
         post_recv(c);
@@ -88,8 +88,11 @@ void conn_start(struct conn *c)
 
 void *conn_recv_buffer(struct conn *c, size_t *cap)
 {
-    if (!c->buf)
-        c->buf = srv_buffer_get(c, &c->cap);
+    if (!c->buf) {
+        size_t got = 0;
+        c->buf = srv_buffer_get(c, &got);
+        c->cap = (uint32_t)got; /* --buffer-size is at most 64 MiB */
+    }
     *cap = c->buf ? c->cap : 0;
     return c->buf;
 }
@@ -99,7 +102,7 @@ void conn_buffer_release(struct conn *c)
     if (!c->buf)
         return;
     if (c->lent) {
-        c->srv->bk->buffer_return(c, c->buf);
+        conn_srv(c)->bk->buffer_return(c, c->buf);
         srv_buffer_uncharge(c);
     } else {
         srv_buffer_put(c, c->buf, c->cap);
@@ -121,7 +124,7 @@ int conn_lend_buffer(struct conn *c, void *buf, size_t cap)
     int take = !c->buf && !c->closing && srv_buffer_charge(c);
     if (take) {
         c->buf = buf;
-        c->cap = cap;
+        c->cap = (uint32_t)cap;
         c->lent = 1;
     }
     ep_mutex_unlock(&c->lock);
@@ -157,7 +160,7 @@ void conn_on_recv(struct conn *c, long n)
         conn_close_locked(c, 0); /* peer's half-close: nothing is owed, we only read when idle */
     } else {
         stats_add(bytes_in, (uint64_t)n);
-        c->len = (size_t)n;
+        c->len = (uint32_t)n;
         c->off = 0;
         post_send(c);
     }
@@ -175,10 +178,10 @@ void conn_on_sent(struct conn *c, long n)
         conn_close_locked(c, n < 0 ? (int)n : EP_EIO);
     } else {
         stats_add(bytes_out, (uint64_t)n);
-        c->off += (size_t)n;
+        c->off += (uint32_t)n;
         if (c->off < c->len)
             post_send(c); /* short send: finish it */
-        else if (srv_stopping(c->srv))
+        else if (srv_stopping(conn_srv(c)))
             conn_close_locked(c, 0); /* drained: the echo in flight is complete */
         else {
             drop_buffer(c); /* everything echoed: an idle connection holds no buffer */

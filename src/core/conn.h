@@ -19,22 +19,22 @@ struct server;
 struct worker;
 
 struct conn {
-    struct server *srv;
     struct worker *worker;    /* owner: its list holds us, its tick times us out */
     struct conn *prev, *next; /* in worker->conns, under worker->lock */
     ep_mutex lock;            /* guards everything below */
     uint64_t id;              /* 1-based accept ordinal; fault decisions key on it */
     char *buf;                /* allocated on the first data, not at accept */
-    size_t cap;               /* bytes of buf: full or small (the budget's reserve) */
-    size_t len;               /* bytes received and not yet echoed */
-    size_t off;               /* bytes of buf already sent */
-    int lent;                 /* buf is the backend's (conn_lend_buffer), not the budget's */
-    int pending;              /* posted operations not yet completed */
-    int closing;              /* conn_close() was called: post nothing more */
-    int freed;                /* the free was claimed (by the one who saw pending reach 0) */
-    int close_reason;         /* 0 = graceful (peer EOF, shutdown, idle) or an EP_E* code */
-    int wants_buffer;         /* the last conn_recv_buffer() found the budget spent */
-    int parked;               /* on worker->park list: nothing posted, waiting for budget */
+    /* Sizes and flags are narrow: this struct is most of an idle connection's memory. */
+    uint32_t cap;               /* bytes of buf: full or small (the budget's reserve) */
+    uint32_t len;               /* bytes received and not yet echoed */
+    uint32_t off;               /* bytes of buf already sent */
+    unsigned char lent;         /* buf is the backend's (conn_lend_buffer), not the budget's */
+    unsigned char pending;      /* posted operations not yet completed */
+    unsigned char closing;      /* conn_close() was called: post nothing more */
+    unsigned char freed;        /* the free was claimed (by the one who saw pending reach 0) */
+    unsigned char wants_buffer; /* the last conn_recv_buffer() found the budget spent */
+    unsigned char parked;       /* on worker->park list: nothing posted, waiting for budget */
+    signed char close_reason;   /* 0 = graceful (peer EOF, shutdown, idle) or an EP_E* code */
     struct conn *park_prev, *park_next; /* in the parked list, under worker->park_lock */
     int64_t last_active_ms;
     uint64_t recv_ops, send_ops;     /* operations posted so far, per direction */

@@ -96,7 +96,6 @@ struct conn *srv_conn_new(struct server *s, int worker)
     stats_add(ctx_alloc, 1);
     stats_add(accepted, 1);
     struct worker *w = &s->workers[worker % s->nworkers];
-    c->srv = s;
     c->worker = w;
     c->id = id;
     c->last_active_ms = ep_now_ms();
@@ -124,8 +123,8 @@ void srv_conn_free(struct conn *c)
     w->nconns--;
     ep_mutex_unlock(&w->lock);
     conn_buffer_release(c); /* before release: a lent buffer goes back to the backend */
-    c->srv->bk->release(c);
-    atomic_fetch_sub(&c->srv->live_conns, 1);
+    conn_srv(c)->bk->release(c);
+    atomic_fetch_sub(&conn_srv(c)->live_conns, 1);
     ep_mutex_destroy(&c->lock);
     free(c);
     stats_add(ctx_free, 1);
@@ -199,7 +198,7 @@ void srv_park(struct conn *c)
     c->parked = 1;
     c->wants_buffer = 0;
     stats_add(buffer_waits, 1);
-    atomic_fetch_add(&c->srv->parked, 1);
+    atomic_fetch_add(&conn_srv(c)->parked, 1);
     ep_mutex_lock(&w->park_lock);
     c->park_next = NULL;
     c->park_prev = w->park_tail;
@@ -318,7 +317,7 @@ static void *cache_take(struct worker *w)
 
 void *srv_buffer_get(struct conn *c, size_t *cap)
 {
-    struct server *s = c->srv;
+    struct server *s = conn_srv(c);
     size_t size = s->cfg->buffer_size, max = s->cfg->max_buffer_bytes;
     size_t small = size < SMALL_BUF ? size : SMALL_BUF;
     c->wants_buffer = 0;
@@ -352,19 +351,21 @@ static void wake_parked(struct server *s)
 
 int srv_buffer_charge(struct conn *c)
 {
-    return budget_take(c->srv, c->srv->cfg->buffer_size, full_tier_limit(c->srv->cfg));
+    struct server *s = conn_srv(c);
+    return budget_take(s, s->cfg->buffer_size, full_tier_limit(s->cfg));
 }
 
 void srv_buffer_uncharge(struct conn *c)
 {
-    atomic_fetch_sub(&c->srv->buffer_bytes, c->srv->cfg->buffer_size);
-    wake_parked(c->srv);
+    struct server *s = conn_srv(c);
+    atomic_fetch_sub(&s->buffer_bytes, s->cfg->buffer_size);
+    wake_parked(s);
 }
 
 void srv_buffer_put(struct conn *c, void *buf, size_t cap)
 {
     struct worker *w = c->worker;
-    struct server *s = c->srv;
+    struct server *s = conn_srv(c);
     if (cap == s->cfg->buffer_size) {
         ep_mutex_lock(&w->cache_lock);
         if (w->nbuf_cache < w->cache_cap) {

@@ -34,6 +34,12 @@ struct worker {
     struct conn *park_head, *park_tail; /* waiting for buffer budget, oldest first */
 };
 
+/* The server c belongs to (through its worker: one pointer less per connection). */
+static inline struct server *conn_srv(const struct conn *c)
+{
+    return c->worker->srv;
+}
+
 struct server {
     const struct ep_config *cfg;
     const struct bk_ops *bk;
