@@ -233,6 +233,8 @@ static void resume_parked(struct server *s, struct worker *w)
         conn_resume(c);
 }
 
+static void cache_trim(struct server *s, struct worker *w);
+
 void srv_tick(struct server *s, int worker)
 {
     struct worker *w = &s->workers[worker];
@@ -243,6 +245,7 @@ void srv_tick(struct server *s, int worker)
         w->stop_seen = 1;
         s->bk->stop_accepting(s, worker);
     }
+    cache_trim(s, w);
     if (!stopping && atomic_load(&s->parked) > 0)
         resume_parked(s, w);
     if (!stopping && idle_ms == 0)
@@ -311,6 +314,8 @@ static void *cache_take(struct worker *w)
     ep_mutex_lock(&w->cache_lock);
     if (w->nbuf_cache > 0)
         buf = w->buf_cache[--w->nbuf_cache];
+    if (w->nbuf_cache < w->cache_low)
+        w->cache_low = w->nbuf_cache;
     ep_mutex_unlock(&w->cache_lock);
     return buf;
 }
@@ -347,6 +352,23 @@ static void wake_parked(struct server *s)
 {
     if (atomic_load(&s->parked) > 0 && !atomic_exchange(&s->resume_wake, 1) && s->bk->wake)
         s->bk->wake(s);
+}
+
+/* Frees the buffers w's cache held all through the last tick period: no echo needed them. */
+static void cache_trim(struct server *s, struct worker *w)
+{
+    ep_mutex_lock(&w->cache_lock);
+    int idle = w->cache_low;
+    for (int i = 0; i < idle; i++)
+        free(w->buf_cache[i]);
+    w->nbuf_cache -= idle;
+    memmove(w->buf_cache, w->buf_cache + idle, (size_t)w->nbuf_cache * sizeof(w->buf_cache[0]));
+    w->cache_low = w->nbuf_cache;
+    ep_mutex_unlock(&w->cache_lock);
+    if (idle > 0) {
+        atomic_fetch_sub(&s->buffer_bytes, (size_t)idle * s->cfg->buffer_size);
+        wake_parked(s);
+    }
 }
 
 int srv_buffer_charge(struct conn *c)

@@ -17,8 +17,10 @@ struct bk_ops;
 #define SRV_TICK_MS 50
 
 /* Most idle buffers a worker keeps: a busy connection takes one per echo, and giving it
- * back to malloc each time made glibc trim and regrow the heap (page faults). */
-#define WORKER_BUF_CACHE 64
+ * back to malloc each time made glibc trim and regrow the heap (page faults; at 500
+ * connections a batch of receives holds a few hundred at once). Buffers that sat in the
+ * cache through a whole tick period are freed on the tick: a burst's go back once over. */
+#define WORKER_BUF_CACHE 512
 
 struct worker {
     struct server *srv;
@@ -30,6 +32,7 @@ struct worker {
     ep_mutex cache_lock; /* guards the buffer cache; a leaf: no lock is taken under it */
     void *buf_cache[WORKER_BUF_CACHE]; /* idle full-size buffers, reused instead of malloc */
     int nbuf_cache, cache_cap;
+    int cache_low; /* fewest buffers in the cache since the last tick: [0, cache_low) sat idle */
     ep_mutex park_lock;                 /* guards the parked list; a leaf, like cache_lock */
     struct conn *park_head, *park_tail; /* waiting for buffer budget, oldest first */
 };

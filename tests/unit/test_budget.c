@@ -165,6 +165,66 @@ Test(budget, pool_reservations_take_at_most_an_eighth_shared_by_the_workers)
     cr_expect_eq(atomic_load(&f.srv.buffer_bytes), 16384 / 8 + 100, "counted in the budget");
 }
 
+/* 8 KiB buffers and a 1 MiB budget: the worker's cache can hold every buffer here. */
+static void setup_cache(void)
+{
+    fake_init(&f);
+    f.cfg.buffer_size = 8192;
+    f.cfg.max_buffer_bytes = 1u << 20;
+    fake_start(&f);
+}
+
+TestSuite(cache, .init = setup_cache, .fini = teardown);
+
+/* n connections whose echoes completed: their buffers are back in the worker's cache. */
+static void echo_on(struct fake_sock **s, int n)
+{
+    for (int i = 0; i < n; i++) {
+        s[i] = hog("abcd");
+        cr_assert(fake_step(s[i]), "the echo completes");
+        cr_assert_eq(s[i]->op, FAKE_OP_RECV);
+    }
+}
+
+Test(cache, buffers_back_from_echoes_are_kept_for_the_next_ones)
+{
+    struct fake_sock *s[4];
+    echo_on(s, 4);
+    cr_expect_eq(f.srv.workers[0].nbuf_cache, 1, "one echo at a time: one buffer, reused");
+    struct fake_sock *held[4] = {hog("1"), hog("2"), hog("3"), hog("4")};
+    for (int i = 0; i < 4; i++)
+        cr_assert(fake_step(held[i]));
+    cr_expect_eq(f.srv.workers[0].nbuf_cache, 4, "four echoes at once: four kept");
+    cr_expect_eq(atomic_load(&f.srv.buffer_bytes), 4 * 8192, "kept buffers stay charged");
+}
+
+Test(cache, buffers_idle_through_a_whole_tick_period_are_freed)
+{
+    struct fake_sock *held[4] = {hog("1"), hog("2"), hog("3"), hog("4")};
+    for (int i = 0; i < 4; i++)
+        cr_assert(fake_step(held[i]));
+    fake_tick(&f);
+    cr_expect_eq(atomic_load(&f.srv.buffer_bytes), 4 * 8192,
+                 "taken during the period that ended: still kept");
+    fake_tick(&f);
+    cr_expect_eq(f.srv.workers[0].nbuf_cache, 0);
+    cr_expect_eq(atomic_load(&f.srv.buffer_bytes), 0, "a whole period unused: freed");
+}
+
+Test(cache, a_buffer_taken_in_the_tick_period_stays_kept)
+{
+    struct fake_sock *held[4] = {hog("1"), hog("2"), hog("3"), hog("4")};
+    for (int i = 0; i < 4; i++)
+        cr_assert(fake_step(held[i]));
+    fake_tick(&f);
+    fake_client_send(held[0], "again", 5);
+    cr_assert(fake_step(held[0]) && fake_step(held[0]), "one more echo in this period");
+    cr_expect_eq(held[0]->echoed_len, 6);
+    fake_tick(&f);
+    cr_expect_eq(f.srv.workers[0].nbuf_cache, 1, "the one an echo used is kept");
+    cr_expect_eq(atomic_load(&f.srv.buffer_bytes), 8192, "the other three are freed");
+}
+
 TestSuite(policy, .init = setup, .fini = teardown);
 
 Test(policy, accept_retry_is_immediate_once_then_doubles_from_1ms_to_1s)
