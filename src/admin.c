@@ -197,6 +197,14 @@ static void client_close(struct admin *a, int i, const char *why)
     memmove(c, c + 1, (size_t)(a->nclients - i) * sizeof(*c));
 }
 
+/* Takes a descriptor back into reserve once one is free again (the data port may hold
+ * every other one: descriptor exhaustion must not take the admin port with it). */
+static void admin_reserve_refill(struct admin *a)
+{
+    if (a->reserve == NET_INVALID)
+        a->reserve = socket(AF_INET, SOCK_STREAM, 0);
+}
+
 /* Accepts a client into *s: 1, 0 when none is waiting, -1 when one could not be accepted
  * (retry after a delay). With no descriptor left it gives up the reserve for the client,
  * under the descriptors lock so that the data port cannot take it in between, and takes
@@ -213,21 +221,15 @@ static int admin_accept_one(struct admin *a, net_socket *s)
         return -1;
     ep_descriptors_lock();
     net_close(a->reserve);
+    a->reserve = NET_INVALID;
     *s = accept(a->listener, NULL, NULL);
     int got = *s != NET_INVALID ? 1 : would_block() ? 0 : -1;
     if (got < 0 && out_of_descriptors())
         stats_add(admin_waits, 1); /* the descriptor went elsewhere all the same */
-    a->reserve = got == 1 ? NET_INVALID : socket(AF_INET, SOCK_STREAM, 0);
+    if (got != 1)
+        admin_reserve_refill(a);
     ep_descriptors_unlock();
     return got;
-}
-
-/* Takes a descriptor back into reserve once one is free again (the data port may hold
- * every other one: descriptor exhaustion must not take the admin port with it). */
-static void admin_reserve_refill(struct admin *a)
-{
-    if (a->reserve == NET_INVALID)
-        a->reserve = socket(AF_INET, SOCK_STREAM, 0);
 }
 
 /* Closes the reserve descriptor, if held. */
