@@ -176,8 +176,8 @@ static void setup_cache(void)
 
 TestSuite(cache, .init = setup_cache, .fini = teardown);
 
-/* n connections whose echoes completed: their buffers are back in the worker's cache. */
-static void echo_on(struct fake_sock **s, int n)
+/* n connections echoing one after another: each echo completes before the next starts. */
+static void echoes_one_after_another(struct fake_sock **s, int n)
 {
     for (int i = 0; i < n; i++) {
         s[i] = hog("abcd");
@@ -186,23 +186,30 @@ static void echo_on(struct fake_sock **s, int n)
     }
 }
 
+/* n connections whose echoes were all in flight at once, then completed: n buffers came
+ * back to the worker's cache. */
+static void echoes_at_once(struct fake_sock **s, int n)
+{
+    for (int i = 0; i < n; i++)
+        s[i] = hog("1234");
+    for (int i = 0; i < n; i++)
+        cr_assert(fake_step(s[i]), "the echo completes");
+}
+
 Test(cache, buffers_back_from_echoes_are_kept_for_the_next_ones)
 {
-    struct fake_sock *s[4];
-    echo_on(s, 4);
+    struct fake_sock *s[4], *held[4];
+    echoes_one_after_another(s, 4);
     cr_expect_eq(f.srv.workers[0].nbuf_cache, 1, "one echo at a time: one buffer, reused");
-    struct fake_sock *held[4] = {hog("1"), hog("2"), hog("3"), hog("4")};
-    for (int i = 0; i < 4; i++)
-        cr_assert(fake_step(held[i]));
+    echoes_at_once(held, 4);
     cr_expect_eq(f.srv.workers[0].nbuf_cache, 4, "four echoes at once: four kept");
     cr_expect_eq(atomic_load(&f.srv.buffer_bytes), 4 * 8192, "kept buffers stay charged");
 }
 
 Test(cache, buffers_idle_through_a_whole_tick_period_are_freed)
 {
-    struct fake_sock *held[4] = {hog("1"), hog("2"), hog("3"), hog("4")};
-    for (int i = 0; i < 4; i++)
-        cr_assert(fake_step(held[i]));
+    struct fake_sock *held[4];
+    echoes_at_once(held, 4);
     fake_tick(&f);
     cr_expect_eq(atomic_load(&f.srv.buffer_bytes), 4 * 8192,
                  "taken during the period that ended: still kept");
@@ -213,13 +220,12 @@ Test(cache, buffers_idle_through_a_whole_tick_period_are_freed)
 
 Test(cache, a_buffer_taken_in_the_tick_period_stays_kept)
 {
-    struct fake_sock *held[4] = {hog("1"), hog("2"), hog("3"), hog("4")};
-    for (int i = 0; i < 4; i++)
-        cr_assert(fake_step(held[i]));
+    struct fake_sock *held[4];
+    echoes_at_once(held, 4);
     fake_tick(&f);
     fake_client_send(held[0], "again", 5);
     cr_assert(fake_step(held[0]) && fake_step(held[0]), "one more echo in this period");
-    cr_expect_eq(held[0]->echoed_len, 6);
+    cr_expect_eq(held[0]->echoed_len, 9);
     fake_tick(&f);
     cr_expect_eq(f.srv.workers[0].nbuf_cache, 1, "the one an echo used is kept");
     cr_expect_eq(atomic_load(&f.srv.buffer_bytes), 8192, "the other three are freed");
