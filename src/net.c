@@ -13,7 +13,10 @@ int net_init(void)
     return WSAStartup(MAKEWORD(2, 2), &wsa) == 0 ? 0 : EP_EIO;
 }
 
-void net_close(net_socket s) { closesocket(s); }
+void net_close(net_socket s)
+{
+    closesocket(s);
+}
 
 int net_set_nonblocking(net_socket s)
 {
@@ -34,7 +37,10 @@ const char *net_last_error(void)
 #include <netdb.h>
 #include <unistd.h>
 
-int net_init(void) { return 0; }
+int net_init(void)
+{
+    return 0;
+}
 
 int net_set_nonblocking(net_socket s)
 {
@@ -42,9 +48,15 @@ int net_set_nonblocking(net_socket s)
     return flags >= 0 && fcntl(s, F_SETFL, flags | O_NONBLOCK) == 0 ? 0 : -1;
 }
 
-void net_close(net_socket s) { close(s); }
+void net_close(net_socket s)
+{
+    close(s);
+}
 
-const char *net_last_error(void) { return strerror(errno); }
+const char *net_last_error(void)
+{
+    return strerror(errno);
+}
 #endif
 
 int net_resolve(const char *host, unsigned port, struct sockaddr_storage *addr, int *addrlen,

@@ -12,10 +12,25 @@ struct thread_start {
 
 #ifdef _WIN32
 
-void ep_mutex_init(ep_mutex *m) { InitializeSRWLock(m); }
-void ep_mutex_destroy(ep_mutex *m) { (void)m; /* an SRW lock holds no resources */ }
-void ep_mutex_lock(ep_mutex *m) { AcquireSRWLockExclusive(m); }
-void ep_mutex_unlock(ep_mutex *m) { ReleaseSRWLockExclusive(m); }
+void ep_mutex_init(ep_mutex *m)
+{
+    InitializeSRWLock(m);
+}
+
+void ep_mutex_destroy(ep_mutex *m)
+{
+    (void)m; /* an SRW lock holds no resources */
+}
+
+void ep_mutex_lock(ep_mutex *m)
+{
+    AcquireSRWLockExclusive(m);
+}
+
+void ep_mutex_unlock(ep_mutex *m)
+{
+    ReleaseSRWLockExclusive(m);
+}
 
 static DWORD WINAPI thread_trampoline(LPVOID p)
 {
@@ -46,7 +61,10 @@ void ep_thread_join(ep_thread t)
     CloseHandle(t);
 }
 
-int64_t ep_now_ms(void) { return (int64_t)GetTickCount64(); }
+int64_t ep_now_ms(void)
+{
+    return (int64_t)GetTickCount64();
+}
 
 int ep_cpu_count(void)
 {
@@ -63,13 +81,26 @@ int ep_cpu_count(void)
     return n > 0 ? n : 1;
 }
 
-void ep_thread_yield(void) { SwitchToThread(); }
+void ep_thread_yield(void)
+{
+    SwitchToThread();
+}
 
-int ep_thread_own_descriptors(void) { return -1; }
+int ep_thread_own_descriptors(void)
+{
+    return -1;
+}
 
 static SRWLOCK descriptors_lock = SRWLOCK_INIT;
-void ep_descriptors_lock(void) { AcquireSRWLockExclusive(&descriptors_lock); }
-void ep_descriptors_unlock(void) { ReleaseSRWLockExclusive(&descriptors_lock); }
+void ep_descriptors_lock(void)
+{
+    AcquireSRWLockExclusive(&descriptors_lock);
+}
+
+void ep_descriptors_unlock(void)
+{
+    ReleaseSRWLockExclusive(&descriptors_lock);
+}
 
 long ep_process_handles(void)
 {
@@ -84,10 +115,25 @@ long ep_process_handles(void)
 #include <time.h>
 #include <unistd.h>
 
-void ep_mutex_init(ep_mutex *m) { pthread_mutex_init(m, NULL); }
-void ep_mutex_destroy(ep_mutex *m) { pthread_mutex_destroy(m); }
-void ep_mutex_lock(ep_mutex *m) { pthread_mutex_lock(m); }
-void ep_mutex_unlock(ep_mutex *m) { pthread_mutex_unlock(m); }
+void ep_mutex_init(ep_mutex *m)
+{
+    pthread_mutex_init(m, NULL);
+}
+
+void ep_mutex_destroy(ep_mutex *m)
+{
+    pthread_mutex_destroy(m);
+}
+
+void ep_mutex_lock(ep_mutex *m)
+{
+    pthread_mutex_lock(m);
+}
+
+void ep_mutex_unlock(ep_mutex *m)
+{
+    pthread_mutex_unlock(m);
+}
 
 static void *thread_trampoline(void *p)
 {
@@ -111,9 +157,15 @@ int ep_thread_start(ep_thread *t, void (*fn)(void *), void *arg)
     return 0;
 }
 
-void ep_thread_join(ep_thread t) { pthread_join(t, NULL); }
+void ep_thread_join(ep_thread t)
+{
+    pthread_join(t, NULL);
+}
 
-void ep_thread_yield(void) { sched_yield(); }
+void ep_thread_yield(void)
+{
+    sched_yield();
+}
 
 #if defined(__SANITIZE_THREAD__)
 #define EP_TSAN 1
@@ -138,8 +190,15 @@ int ep_thread_own_descriptors(void)
 }
 
 static pthread_mutex_t descriptors_lock = PTHREAD_MUTEX_INITIALIZER;
-void ep_descriptors_lock(void) { pthread_mutex_lock(&descriptors_lock); }
-void ep_descriptors_unlock(void) { pthread_mutex_unlock(&descriptors_lock); }
+void ep_descriptors_lock(void)
+{
+    pthread_mutex_lock(&descriptors_lock);
+}
+
+void ep_descriptors_unlock(void)
+{
+    pthread_mutex_unlock(&descriptors_lock);
+}
 
 int64_t ep_now_ms(void)
 {
@@ -178,16 +237,27 @@ long ep_process_handles(void)
 const char *ep_strerror(int err)
 {
     switch (err) {
-    case EP_OK: return "success";
-    case EP_ECONNRESET: return "connection reset";
-    case EP_ECANCELED: return "operation cancelled";
-    case EP_ENOMEM: return "out of memory";
-    case EP_EMFILE: return "too many open sockets";
-    case EP_ENOBUFS: return "no buffer space";
-    case EP_EINVAL: return "invalid argument";
-    case EP_EADDR: return "address unavailable";
-    case EP_EPIPE: return "broken pipe";
-    case EP_ETIMEDOUT: return "timed out";
-    default: return "i/o error";
+    case EP_OK:
+        return "success";
+    case EP_ECONNRESET:
+        return "connection reset";
+    case EP_ECANCELED:
+        return "operation cancelled";
+    case EP_ENOMEM:
+        return "out of memory";
+    case EP_EMFILE:
+        return "too many open sockets";
+    case EP_ENOBUFS:
+        return "no buffer space";
+    case EP_EINVAL:
+        return "invalid argument";
+    case EP_EADDR:
+        return "address unavailable";
+    case EP_EPIPE:
+        return "broken pipe";
+    case EP_ETIMEDOUT:
+        return "timed out";
+    default:
+        return "i/o error";
     }
 }

@@ -53,14 +53,27 @@ static struct fake_sock *client(int index, size_t len, size_t recv_chunk, int ha
     return s;
 }
 
-static void single_echo(void) { client(0, 100, 0, 0); }
-static void pipelined_echo(void) { client(0, PAYLOAD, 17, 0); }
-static void half_close(void) { client(0, 150, 0, 1); }
+static void single_echo(void)
+{
+    client(0, 100, 0, 0);
+}
+
+static void pipelined_echo(void)
+{
+    client(0, PAYLOAD, 17, 0);
+}
+
+static void half_close(void)
+{
+    client(0, 150, 0, 1);
+}
+
 static void two_clients_interleaved(void)
 {
     client(0, 200, 13, 1);
     client(1, 200, 29, 0);
 }
+
 static void accept_storm(void)
 {
     for (int i = 0; i < 12; i++)
@@ -68,7 +81,7 @@ static void accept_storm(void)
 }
 
 static void (*const scenarios[])(void) = {single_echo, pipelined_echo, half_close,
-                                         two_clients_interleaved, accept_storm};
+                                          two_clients_interleaved, accept_storm};
 static const char *const scenario_names[] = {"single_echo", "pipelined_echo", "half_close",
                                              "two_clients_interleaved", "accept_storm"};
 
