@@ -92,7 +92,7 @@ struct iocp_conn {
     unsigned char buffered; /* a receive with a buffer is posted (under c->lock; 0 after a send) */
     unsigned char quieting; /* the tick cancelled that receive to make c idle (under c->lock) */
     int64_t rtick;          /* iocp.ticks when the buffered receive was posted */
-    struct req rreq, sreq;
+    struct req op; /* the core posts one operation at a time: its receive or its send */
 };
 
 struct iocp {
@@ -324,8 +324,6 @@ static void serve_accepted(struct iocp *b, struct server *s, int w, SOCKET as)
     ic->closed = 0;
     ic->skip = skip;
     ic->active = 0;
-    ic->rreq.kind = REQ_RECV;
-    ic->sreq.kind = REQ_SEND;
     conn_start(c);
 }
 
@@ -409,9 +407,10 @@ static void post_recv(struct iocp *b, struct conn *c, struct iocp_conn *ic)
     static char none[1];
     WSABUF wb = {0, none};
     size_t cap = 0;
-    memset(&ic->rreq.ov, 0, sizeof(ic->rreq.ov));
+    memset(&ic->op.ov, 0, sizeof(ic->op.ov));
+    ic->op.kind = REQ_RECV;
     if (ic->closed) {
-        fail_via_port(b, &ic->rreq, ERROR_OPERATION_ABORTED);
+        fail_via_port(b, &ic->op, ERROR_OPERATION_ABORTED);
         return;
     }
     char *buf = ic->active ? conn_recv_buffer(c, &cap) : NULL;
@@ -424,10 +423,10 @@ static void post_recv(struct iocp *b, struct conn *c, struct iocp_conn *ic)
     }
     DWORD got = 0, flags = 0;
     shim_ctx_set(c->id, c->recv_ops);
-    int rc = shim_WSARecv(ic->sock, &wb, 1, &got, &flags, &ic->rreq.ov, NULL);
+    int rc = shim_WSARecv(ic->sock, &wb, 1, &got, &flags, &ic->op.ov, NULL);
     DWORD err = rc == 0 ? 0 : (DWORD)WSAGetLastError();
     shim_ctx_clear();
-    posted(b, ic, &ic->rreq, rc, err, got);
+    posted(b, ic, &ic->op, rc, err, got);
 }
 
 /* bk recv: posts a receive. c->lock held. */
@@ -444,10 +443,11 @@ static void iocp_send(struct conn *c, const char *buf, size_t len)
     struct iocp *b = conn_srv(c)->bk_state;
     struct iocp_conn *ic = conn_bk(c);
     WSABUF wb = {len > MAX_IO_LEN ? MAX_IO_LEN : (ULONG)len, (char *)buf};
-    memset(&ic->sreq.ov, 0, sizeof(ic->sreq.ov));
+    memset(&ic->op.ov, 0, sizeof(ic->op.ov));
+    ic->op.kind = REQ_SEND;
     ic->buffered = 0; /* the receive was reported: the tick has nothing to cancel */
     if (ic->closed) {
-        fail_via_port(b, &ic->sreq, ERROR_OPERATION_ABORTED);
+        fail_via_port(b, &ic->op, ERROR_OPERATION_ABORTED);
         return;
     }
     DWORD sent = 0;
@@ -455,13 +455,13 @@ static void iocp_send(struct conn *c, const char *buf, size_t len)
     int rc = shim_WSASend(ic->sock, &wb, 1, &sent, 0, NULL, NULL);
     DWORD err = rc == 0 ? 0 : (DWORD)WSAGetLastError();
     if (rc == 0) {
-        queue_done(&ic->sreq, sent);
+        queue_done(&ic->op, sent);
     } else if (err != WSAEWOULDBLOCK) {
-        fail_via_port(b, &ic->sreq, err);
+        fail_via_port(b, &ic->op, err);
     } else {
-        rc = shim_WSASend(ic->sock, &wb, 1, &sent, 0, &ic->sreq.ov, NULL);
+        rc = shim_WSASend(ic->sock, &wb, 1, &sent, 0, &ic->op.ov, NULL);
         err = rc == 0 ? 0 : (DWORD)WSAGetLastError();
-        posted(b, ic, &ic->sreq, rc, err, sent);
+        posted(b, ic, &ic->op, rc, err, sent);
     }
     shim_ctx_clear();
 }
@@ -503,7 +503,7 @@ static int read_after_zero_recv(struct iocp *b, struct conn *c, struct iocp_conn
  * result. */
 static void on_recv_done(struct iocp *b, struct req *r, DWORD bytes)
 {
-    struct iocp_conn *ic = container_of(r, struct iocp_conn, rreq);
+    struct iocp_conn *ic = container_of(r, struct iocp_conn, op);
     struct conn *c = conn_from_bk(ic);
     long n;
     if (ic->buffered && req_succeeded(r)) {
@@ -536,7 +536,7 @@ static void on_recv_done(struct iocp *b, struct req *r, DWORD bytes)
  * needs the socket, hence the lock. */
 static void on_send_done(struct req *r, DWORD bytes)
 {
-    struct iocp_conn *ic = container_of(r, struct iocp_conn, sreq);
+    struct iocp_conn *ic = container_of(r, struct iocp_conn, op);
     struct conn *c = conn_from_bk(ic);
     if (req_succeeded(r)) {
         conn_on_sent(c, (long)bytes);
@@ -613,7 +613,7 @@ static void quiet_one(struct conn *c, void *arg)
     ep_mutex_lock(&c->lock);
     if (ic->buffered && !ic->quieting && !ic->closed && waited_idle(b, ic)) {
         ic->quieting = 1;
-        shim_CancelIoEx((HANDLE)ic->sock, &ic->rreq.ov);
+        shim_CancelIoEx((HANDLE)ic->sock, &ic->op.ov);
     }
     ep_mutex_unlock(&c->lock);
 }
