@@ -92,7 +92,7 @@ struct iocp_conn {
     unsigned char buffered; /* a receive with a buffer is posted (under c->lock; 0 after a send) */
     unsigned char quieting; /* the tick cancelled that receive to make c idle (under c->lock) */
     int64_t rtick;          /* iocp.ticks when the buffered receive was posted */
-    struct req op; /* the core posts one operation at a time: its receive or its send */
+    struct req op;          /* the core posts one operation at a time: its receive or its send */
 };
 
 struct iocp {
