@@ -64,12 +64,27 @@
 
 enum req_kind { REQ_ACCEPT, REQ_RECV, REQ_SEND };
 
-/* One operation. The OVERLAPPED comes first so a dequeued lpOverlapped is the request. */
+/* One operation. The OVERLAPPED comes first so a dequeued lpOverlapped is the request.
+ * Every post zeroes it; one that is not in flight (it completed at once, or its post
+ * failed) is wholly ours again, and its hEvent, which a port-bound call leaves NULL,
+ * links it on iocp.deferred or a done list (req_link): no link field in each
+ * connection. */
 struct req {
     OVERLAPPED ov;
     int kind;
-    struct req *next; /* on iocp.deferred (a failure the port refused) or a done list */
 };
+
+/* Puts r, not in flight, in front of `next` on a deferred or done list. */
+static void req_link(struct req *r, struct req *next)
+{
+    r->ov.hEvent = next;
+}
+
+/* The request after r on its list. */
+static struct req *req_next(const struct req *r)
+{
+    return r->ov.hEvent;
+}
 
 enum accept_state { AS_IDLE, AS_POSTED, AS_RETRY, AS_DEAD };
 
@@ -85,13 +100,12 @@ struct accept_req {
 
 /* The backend's part of a connection (conn_bk). */
 struct iocp_conn {
-    SOCKET sock;
-    unsigned char closed;   /* cancel/release closed sock (under c->lock) */
+    SOCKET sock;            /* INVALID_SOCKET once cancel/release closed it (under c->lock) */
+    uint32_t rtick;         /* iocp.ticks when the buffered receive was posted */
     unsigned char skip;     /* sock is in skip-on-success mode */
     unsigned char active;   /* the next receive gets a buffer (under c->lock) */
     unsigned char buffered; /* a receive with a buffer is posted (under c->lock; 0 after a send) */
     unsigned char quieting; /* the tick cancelled that receive to make c idle (under c->lock) */
-    int64_t rtick;          /* iocp.ticks when the buffered receive was posted */
     struct req op;          /* the core posts one operation at a time: its receive or its send */
 };
 
@@ -108,8 +122,8 @@ struct iocp {
     CRITICAL_SECTION deferred_lock;
     struct req *deferred; /* failures PostQueuedCompletionStatus could not queue */
     atomic_int ndeferred;
-    atomic_llong ticks; /* ticks of worker 0: the clock of the idle decision */
-    int ifs;            /* the listener's provider hands out IFS handles: skip mode is safe */
+    atomic_uint_least32_t ticks; /* ticks of worker 0 (mod 2^32): the idle decision's clock */
+    int ifs; /* the listener's provider hands out IFS handles: skip mode is safe */
     int wsa_started;
 };
 
@@ -206,7 +220,7 @@ static void fail_via_port(struct iocp *b, struct req *r, DWORD err)
         return;
     /* the port could not take it: a worker picks it up on its next loop */
     EnterCriticalSection(&b->deferred_lock);
-    r->next = b->deferred;
+    req_link(r, b->deferred);
     b->deferred = r;
     atomic_fetch_add(&b->ndeferred, 1);
     LeaveCriticalSection(&b->deferred_lock);
@@ -321,7 +335,6 @@ static void serve_accepted(struct iocp *b, struct server *s, int w, SOCKET as)
     }
     struct iocp_conn *ic = conn_bk(c);
     ic->sock = as;
-    ic->closed = 0;
     ic->skip = skip;
     ic->active = 0;
     conn_start(c);
@@ -375,7 +388,7 @@ static void queue_done(struct req *r, DWORD bytes)
 {
     r->ov.Internal = 0; /* STATUS_SUCCESS, as the system leaves it */
     r->ov.InternalHigh = bytes;
-    r->next = done_list;
+    req_link(r, done_list);
     done_list = r;
 }
 
@@ -396,7 +409,8 @@ static void posted(struct iocp *b, struct iocp_conn *ic, struct req *r, int rc, 
 /* Whether c's buffered receive has been posted for IDLE_TICKS tick periods: c is idle. */
 static int waited_idle(struct iocp *b, const struct iocp_conn *ic)
 {
-    return atomic_load_explicit(&b->ticks, memory_order_relaxed) - ic->rtick >= IDLE_TICKS;
+    uint32_t now = (uint32_t)atomic_load_explicit(&b->ticks, memory_order_relaxed);
+    return (uint32_t)(now - ic->rtick) >= IDLE_TICKS;
 }
 
 /* Posts the receive of c: into the core's buffer when c is active (and the buffer
@@ -409,7 +423,7 @@ static void post_recv(struct iocp *b, struct conn *c, struct iocp_conn *ic)
     size_t cap = 0;
     memset(&ic->op.ov, 0, sizeof(ic->op.ov));
     ic->op.kind = REQ_RECV;
-    if (ic->closed) {
+    if (ic->sock == INVALID_SOCKET) {
         fail_via_port(b, &ic->op, ERROR_OPERATION_ABORTED);
         return;
     }
@@ -419,7 +433,7 @@ static void post_recv(struct iocp *b, struct conn *c, struct iocp_conn *ic)
     if (buf) {
         wb.len = cap > MAX_IO_LEN ? MAX_IO_LEN : (ULONG)cap;
         wb.buf = buf;
-        ic->rtick = atomic_load_explicit(&b->ticks, memory_order_relaxed);
+        ic->rtick = (uint32_t)atomic_load_explicit(&b->ticks, memory_order_relaxed);
     }
     DWORD got = 0, flags = 0;
     shim_ctx_set(c->id, c->recv_ops);
@@ -446,7 +460,7 @@ static void iocp_send(struct conn *c, const char *buf, size_t len)
     memset(&ic->op.ov, 0, sizeof(ic->op.ov));
     ic->op.kind = REQ_SEND;
     ic->buffered = 0; /* the receive was reported: the tick has nothing to cancel */
-    if (ic->closed) {
+    if (ic->sock == INVALID_SOCKET) {
         fail_via_port(b, &ic->op, ERROR_OPERATION_ABORTED);
         return;
     }
@@ -514,7 +528,7 @@ static void on_recv_done(struct iocp *b, struct req *r, DWORD bytes)
     }
     ep_mutex_lock(&c->lock);
     DWORD err = req_error(r, ic->sock);
-    if (ic->closed) {
+    if (ic->sock == INVALID_SOCKET) {
         n = EP_ECANCELED;
     } else if (ic->quieting && err == ERROR_OPERATION_ABORTED) {
         conn_recv_buffer_return(c);
@@ -544,7 +558,9 @@ static void on_send_done(struct req *r, DWORD bytes)
     }
     ep_mutex_lock(&c->lock);
     DWORD err = req_error(r, ic->sock);
-    long n = err == 0 ? (long)bytes : ic->closed ? EP_ECANCELED : translate_error(err);
+    long n = err == 0                     ? (long)bytes
+             : ic->sock == INVALID_SOCKET ? EP_ECANCELED
+                                          : translate_error(err);
     ep_mutex_unlock(&c->lock);
     conn_on_sent(c, n);
 }
@@ -577,7 +593,7 @@ static void drain_deferred(struct iocp *b, struct server *s, int w)
     LeaveCriticalSection(&b->deferred_lock);
     while (list) {
         struct req *r = list;
-        list = r->next;
+        list = req_next(r);
         dispatch(b, s, w, r, 0);
     }
 }
@@ -596,7 +612,7 @@ static void drain_done(struct iocp *b, struct server *s, int w)
         done_list = NULL;
         for (; list; budget--) {
             struct req *r = list;
-            list = r->next;
+            list = req_next(r);
             dispatch(b, s, w, r, (DWORD)r->ov.InternalHigh);
         }
     }
@@ -611,7 +627,7 @@ static void quiet_one(struct conn *c, void *arg)
     struct iocp *b = arg;
     struct iocp_conn *ic = conn_bk(c);
     ep_mutex_lock(&c->lock);
-    if (ic->buffered && !ic->quieting && !ic->closed && waited_idle(b, ic)) {
+    if (ic->buffered && !ic->quieting && ic->sock != INVALID_SOCKET && waited_idle(b, ic)) {
         ic->quieting = 1;
         shim_CancelIoEx((HANDLE)ic->sock, &ic->op.ov);
     }
@@ -734,10 +750,7 @@ SOCKET iocp_test_accept_socket(const OVERLAPPED *ov)
 static void iocp_cancel(struct conn *c)
 {
     struct iocp_conn *ic = conn_bk(c);
-    if (!ic->closed) {
-        close_socket(&ic->sock);
-        ic->closed = 1;
-    }
+    close_socket(&ic->sock);
 }
 
 /* bk release: c is being freed; close its socket if cancel did not. */

@@ -1,5 +1,5 @@
-/* alloc.h - the core's allocator hook: every context and buffer allocation goes
- * through it so a fault plan can fail it (site "alloc"). */
+/* alloc.h - the core's allocator hook: every context and buffer allocation asks it
+ * first, so a fault plan can fail it (site "alloc"). */
 #ifndef EP_ALLOC_H
 #define EP_ALLOC_H
 
@@ -12,8 +12,5 @@ extern ep_alloc_fail_fn ep_alloc_fail;
 
 /* Nonzero unless the hook fails allocation `op` of connection `conn`. */
 int ep_alloc_allowed(uint64_t conn, uint64_t op);
-
-/* calloc(1, size) unless the hook fails it; NULL on failure. */
-void *ep_alloc(size_t size, uint64_t conn, uint64_t op);
 
 #endif

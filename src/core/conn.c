@@ -21,11 +21,6 @@ int ep_alloc_allowed(uint64_t conn, uint64_t op)
     return !ep_alloc_fail || !ep_alloc_fail(conn, op);
 }
 
-void *ep_alloc(size_t size, uint64_t conn, uint64_t op)
-{
-    return ep_alloc_allowed(conn, op) ? calloc(1, size) : NULL;
-}
-
 /* Posts a receive. Lock held. */
 static void post_recv(struct conn *c)
 {
@@ -73,7 +68,7 @@ static void unlock_and_maybe_free(struct conn *c)
 static void touch(struct conn *c)
 {
     if (conn_srv(c)->cfg->idle_timeout_s)
-        c->last_active_ms = ep_now_ms();
+        c->last_active_ms = (uint32_t)ep_now_ms();
 }
 
 void conn_start(struct conn *c)

@@ -19,26 +19,28 @@ struct server;
 struct worker;
 
 struct conn {
-    struct worker *worker;    /* owner: its list holds us, its tick times us out */
-    struct conn *prev, *next; /* in worker->conns, under worker->lock */
-    ep_mutex lock;            /* guards everything below */
-    uint64_t id;              /* 1-based accept ordinal; fault decisions key on it */
-    char *buf;                /* allocated on the first data, not at accept */
-    /* Sizes and flags are narrow: this struct is most of an idle connection's memory. */
-    uint32_t cap;               /* bytes of buf: full or small (the budget's reserve) */
-    uint32_t len;               /* bytes received and not yet echoed */
-    uint32_t off;               /* bytes of buf already sent */
-    unsigned char lent;         /* buf is the backend's (conn_lend_buffer), not the budget's */
-    unsigned char pending;      /* posted operations not yet completed */
-    unsigned char closing;      /* conn_close() was called: post nothing more */
-    unsigned char freed;        /* the free was claimed (by the one who saw pending reach 0) */
-    unsigned char wants_buffer; /* the last conn_recv_buffer() found the budget spent */
-    unsigned char parked;       /* on worker->park list: nothing posted, waiting for budget */
-    signed char close_reason;   /* 0 = graceful (peer EOF, shutdown, idle) or an EP_E* code */
+    /* Lives in a slot of its worker's pool (conn_pool.h), which finds it for the tick
+     * and gives its worker from its address: no owner pointer, no list links. */
+    ep_mutex lock;                      /* guards everything below */
+    uint64_t id;                        /* 1-based accept ordinal; fault decisions key on it */
+    char *buf;                          /* allocated on the first data, not at accept */
     struct conn *park_prev, *park_next; /* in the parked list, under worker->park_lock */
-    int64_t last_active_ms;
-    uint64_t recv_ops, send_ops;     /* operations posted so far, per direction */
-    _Alignas(16) unsigned char bk[]; /* backend state, bk_ops.conn_size bytes */
+    /* Sizes, counters and flags are narrow: this struct is most of an idle connection's
+     * memory. */
+    uint32_t cap;            /* bytes of buf: full or small (the budget's reserve) */
+    uint32_t len;            /* bytes received and not yet echoed */
+    uint32_t off;            /* bytes of buf already sent */
+    uint32_t last_active_ms; /* ep_now_ms() of the last data, mod 2^32: compared as a difference */
+    uint32_t recv_ops, send_ops; /* operations posted so far, per direction, mod 2^32 */
+    unsigned char lent;          /* buf is the backend's (conn_lend_buffer), not the budget's */
+    unsigned char pending;       /* posted operations not yet completed */
+    unsigned char closing;       /* conn_close() was called: post nothing more */
+    unsigned char freed;         /* the free was claimed (by the one who saw pending reach 0) */
+    unsigned char wants_buffer;  /* the last conn_recv_buffer() found the budget spent */
+    unsigned char parked;        /* on worker->park list: nothing posted, waiting for budget */
+    signed char close_reason;    /* 0 = graceful (peer EOF, shutdown, idle) or an EP_E* code */
+    /* backend state, bk_ops.conn_size bytes: pointers, SOCKETs, an OVERLAPPED */
+    _Alignas(void *) _Alignas(uint64_t) unsigned char bk[];
 };
 
 /* The backend's per-connection state. */

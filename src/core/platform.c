@@ -2,6 +2,7 @@
 #include "platform.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "ep.h"
 
@@ -59,6 +60,17 @@ void ep_thread_join(ep_thread t)
 {
     WaitForSingleObject(t, INFINITE);
     CloseHandle(t);
+}
+
+/* Windows reserves address space in 64 KiB granules: every allocation is aligned so. */
+void *ep_chunk_alloc(size_t size)
+{
+    return VirtualAlloc(NULL, size, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+}
+
+void ep_chunk_free(void *p)
+{
+    VirtualFree(p, 0, MEM_RELEASE);
 }
 
 int64_t ep_now_ms(void)
@@ -198,6 +210,19 @@ void ep_descriptors_lock(void)
 void ep_descriptors_unlock(void)
 {
     pthread_mutex_unlock(&descriptors_lock);
+}
+
+void *ep_chunk_alloc(size_t size)
+{
+    void *p = aligned_alloc(size, size);
+    if (p)
+        memset(p, 0, size);
+    return p;
+}
+
+void ep_chunk_free(void *p)
+{
+    free(p);
 }
 
 int64_t ep_now_ms(void)

@@ -3,6 +3,7 @@
 #ifndef EP_PLATFORM_H
 #define EP_PLATFORM_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef _WIN32
@@ -42,6 +43,11 @@ int ep_thread_own_descriptors(void);
  * between and leave the admin client waiting at the descriptor limit. */
 void ep_descriptors_lock(void);
 void ep_descriptors_unlock(void);
+
+/* size zeroed bytes aligned to size (a power of two, at most 64 KiB), NULL when out of
+ * memory; ep_chunk_free gives them back. */
+void *ep_chunk_alloc(size_t size);
+void ep_chunk_free(void *p);
 
 /* Milliseconds from an arbitrary fixed point; never goes backwards. */
 int64_t ep_now_ms(void);

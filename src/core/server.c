@@ -53,6 +53,7 @@ int srv_init(struct server *s, const struct ep_config *cfg, const struct bk_ops 
         ep_mutex_init(&s->workers[i].lock);
         ep_mutex_init(&s->workers[i].cache_lock);
         ep_mutex_init(&s->workers[i].park_lock);
+        conn_pool_init(&s->workers[i].pool, sizeof(struct conn) + bk->conn_size);
     }
     return 0;
 }
@@ -63,6 +64,7 @@ void srv_destroy(struct server *s)
         struct worker *w = &s->workers[i];
         while (w->nbuf_cache > 0)
             free(w->buf_cache[--w->nbuf_cache]);
+        conn_pool_destroy(&w->pool);
         ep_mutex_destroy(&w->park_lock);
         ep_mutex_destroy(&w->cache_lock);
         ep_mutex_destroy(&w->lock);
@@ -88,45 +90,41 @@ struct conn *srv_conn_new(struct server *s, int worker)
         return refuse();
     }
     uint64_t id = atomic_fetch_add(&s->next_conn_id, 1) + 1;
-    struct conn *c = ep_alloc(sizeof(*c) + s->bk->conn_size, id, 0);
+    struct worker *w = &s->workers[worker % s->nworkers];
+    struct conn *c = NULL;
+    if (ep_alloc_allowed(id, 0)) {
+        ep_mutex_lock(&w->lock);
+        c = conn_pool_take(&w->pool);
+        if (c) {
+            c->id = id;
+            c->last_active_ms = (uint32_t)ep_now_ms();
+            ep_mutex_init(&c->lock);
+        }
+        ep_mutex_unlock(&w->lock);
+    }
     if (!c) {
         atomic_fetch_sub(&s->live_conns, 1);
         return refuse();
     }
     stats_add(ctx_alloc, 1);
     stats_add(accepted, 1);
-    struct worker *w = &s->workers[worker % s->nworkers];
-    c->worker = w;
-    c->id = id;
-    c->last_active_ms = ep_now_ms();
-    ep_mutex_init(&c->lock);
-    ep_mutex_lock(&w->lock);
-    c->next = w->conns;
-    if (w->conns)
-        w->conns->prev = c;
-    w->conns = c;
-    w->nconns++;
-    ep_mutex_unlock(&w->lock);
     return c;
 }
 
 void srv_conn_free(struct conn *c)
 {
-    struct worker *w = c->worker;
-    ep_mutex_lock(&w->lock);
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        w->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    w->nconns--;
-    ep_mutex_unlock(&w->lock);
+    struct worker *w = conn_worker(c);
+    struct server *s = w->srv;
+    /* still in the pool, where the tick may look at it: under its lock */
+    ep_mutex_lock(&c->lock);
     conn_buffer_release(c); /* before release: a lent buffer goes back to the backend */
-    conn_srv(c)->bk->release(c);
-    atomic_fetch_sub(&conn_srv(c)->live_conns, 1);
+    s->bk->release(c);
+    ep_mutex_unlock(&c->lock);
+    ep_mutex_lock(&w->lock); /* no one else can be locking c now: they walk under this */
     ep_mutex_destroy(&c->lock);
-    free(c);
+    conn_pool_put(&w->pool, c);
+    ep_mutex_unlock(&w->lock);
+    atomic_fetch_sub(&s->live_conns, 1);
     stats_add(ctx_free, 1);
     stats_add(closed, 1);
 }
@@ -155,7 +153,7 @@ static int tick_should_close(const struct conn *c, int64_t now, int stopping, in
         return 0;
     if (stopping && (c->len == 0 || now >= deadline))
         return 1;
-    return idle_ms > 0 && now - c->last_active_ms >= idle_ms;
+    return idle_ms > 0 && (uint32_t)((uint32_t)now - c->last_active_ms) >= idle_ms;
 }
 
 /* Unlinks c from w's parked list. park_lock held. */
@@ -194,7 +192,7 @@ static struct conn *unpark_oldest(struct worker *w)
 
 void srv_park(struct conn *c)
 {
-    struct worker *w = c->worker;
+    struct worker *w = conn_worker(c);
     c->parked = 1;
     c->wants_buffer = 0;
     stats_add(buffer_waits, 1);
@@ -235,12 +233,39 @@ static void resume_parked(struct server *s, struct worker *w)
 
 static void cache_trim(struct server *s, struct worker *w);
 
+/* What one tick's walk over a worker's connections knows. */
+struct tick_pass {
+    struct worker *w;
+    int64_t now, deadline, idle_ms;
+    int stopping;
+    struct conn *to_free; /* parked ones it closed, linked through park_next */
+};
+
+/* Closes c if tick_should_close says so; a parked one has nothing posted, so it is
+ * freed after the walk. conn_pool_for_each callback, under the worker's lock. */
+static void tick_one(struct conn *c, void *arg)
+{
+    struct tick_pass *t = arg;
+    ep_mutex_lock(&c->lock);
+    if (tick_should_close(c, t->now, t->stopping, t->deadline, t->idle_ms)) {
+        conn_close_locked(c, t->stopping ? 0 : EP_ETIMEDOUT);
+        if (c->parked) {
+            unpark(t->w, c);
+            c->parked = 0;
+            if (conn_claim_free(c)) {
+                c->park_next = t->to_free;
+                t->to_free = c;
+            }
+        }
+    }
+    ep_mutex_unlock(&c->lock);
+}
+
 void srv_tick(struct server *s, int worker)
 {
     struct worker *w = &s->workers[worker];
     int stopping = srv_stopping(s);
     int64_t idle_ms = (int64_t)s->cfg->idle_timeout_s * 1000;
-    struct conn *to_free = NULL;
     if (stopping && !w->stop_seen) {
         w->stop_seen = 1;
         s->bk->stop_accepting(s, worker);
@@ -250,28 +275,14 @@ void srv_tick(struct server *s, int worker)
         resume_parked(s, w);
     if (!stopping && idle_ms == 0)
         return;
-    int64_t now = ep_now_ms(), deadline = atomic_load(&s->stop_deadline_ms);
+    struct tick_pass t = {w,       ep_now_ms(), atomic_load(&s->stop_deadline_ms),
+                          idle_ms, stopping,    NULL};
     ep_mutex_lock(&w->lock);
-    for (struct conn *c = w->conns; c; c = c->next) {
-        ep_mutex_lock(&c->lock);
-        if (tick_should_close(c, now, stopping, deadline, idle_ms)) {
-            conn_close_locked(c, stopping ? 0 : EP_ETIMEDOUT);
-            if (c->parked) {
-                /* nothing is posted on a parked connection: it is freed here */
-                unpark(w, c);
-                c->parked = 0;
-                if (conn_claim_free(c)) {
-                    c->park_next = to_free;
-                    to_free = c;
-                }
-            }
-        }
-        ep_mutex_unlock(&c->lock);
-    }
+    conn_pool_for_each(&w->pool, tick_one, &t);
     ep_mutex_unlock(&w->lock);
-    while (to_free) {
-        struct conn *c = to_free;
-        to_free = c->park_next;
+    while (t.to_free) {
+        struct conn *c = t.to_free;
+        t.to_free = c->park_next;
         srv_conn_free(c);
     }
 }
@@ -280,8 +291,7 @@ void srv_for_each_conn(struct server *s, int worker, void (*fn)(struct conn *, v
 {
     struct worker *w = &s->workers[worker];
     ep_mutex_lock(&w->lock);
-    for (struct conn *c = w->conns; c; c = c->next)
-        fn(c, arg);
+    conn_pool_for_each(&w->pool, fn, arg);
     ep_mutex_unlock(&w->lock);
 }
 
@@ -291,7 +301,7 @@ int srv_worker_done(struct server *s, int worker)
     if (!srv_stopping(s) || !w->stop_seen)
         return 0;
     ep_mutex_lock(&w->lock);
-    size_t n = w->nconns;
+    size_t n = w->pool.live;
     ep_mutex_unlock(&w->lock);
     return n == 0;
 }
@@ -328,7 +338,7 @@ void *srv_buffer_get(struct conn *c, size_t *cap)
     c->wants_buffer = 0;
     if (!ep_alloc_allowed(c->id, c->recv_ops))
         return NULL;
-    void *buf = cache_take(c->worker);
+    void *buf = cache_take(conn_worker(c));
     if (buf) {
         *cap = size;
         return buf;
@@ -386,8 +396,8 @@ void srv_buffer_uncharge(struct conn *c)
 
 void srv_buffer_put(struct conn *c, void *buf, size_t cap)
 {
-    struct worker *w = c->worker;
-    struct server *s = conn_srv(c);
+    struct worker *w = conn_worker(c);
+    struct server *s = w->srv;
     if (cap == s->cfg->buffer_size) {
         ep_mutex_lock(&w->cache_lock);
         if (w->nbuf_cache < w->cache_cap) {

@@ -9,6 +9,8 @@
 
 #include "config.h"
 #include "conn.h"
+#include "conn_pool.h"
+#include "ep.h"
 #include "platform.h"
 
 struct bk_ops;
@@ -25,11 +27,10 @@ struct bk_ops;
 struct worker {
     struct server *srv;
     int index;
-    ep_mutex lock;      /* guards conns and nconns */
-    struct conn *conns; /* connections owned by this worker */
-    size_t nconns;
-    int stop_seen;       /* this worker has told the backend to stop accepting */
-    ep_mutex cache_lock; /* guards the buffer cache; a leaf: no lock is taken under it */
+    ep_mutex lock;         /* guards the pool */
+    struct conn_pool pool; /* connections owned by this worker: pool.live of them */
+    int stop_seen;         /* this worker has told the backend to stop accepting */
+    ep_mutex cache_lock;   /* guards the buffer cache; a leaf: no lock is taken under it */
     void *buf_cache[WORKER_BUF_CACHE]; /* idle full-size buffers, reused instead of malloc */
     int nbuf_cache, cache_cap;
     int cache_low; /* fewest buffers in the cache since the last tick: [0, cache_low) sat idle */
@@ -37,10 +38,16 @@ struct worker {
     struct conn *park_head, *park_tail; /* waiting for buffer budget, oldest first */
 };
 
-/* The server c belongs to (through its worker: one pointer less per connection). */
+/* The worker owning c: the one whose pool holds it. */
+static inline struct worker *conn_worker(const struct conn *c)
+{
+    return container_of(conn_pool_of(c), struct worker, pool);
+}
+
+/* The server c belongs to (through its worker: no pointer in each connection). */
 static inline struct server *conn_srv(const struct conn *c)
 {
-    return c->worker->srv;
+    return conn_worker(c)->srv;
 }
 
 struct server {

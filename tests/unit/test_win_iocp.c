@@ -961,6 +961,18 @@ TestSuite(iocp, .init = setup, .fini = teardown, .timeout = 60);
 
 /* ---- accepts ---- */
 
+/* Under Wine a pending zero-byte receive and a socket cost the process about 110 bytes
+ * of Wine's own (ntdll's async for the receive, ws2_32's socket list): a connection in a
+ * 128-byte pool slot keeps an idle one within issue 10's 0.25 KiB. */
+Test(iocp_layout, an_idle_connection_fits_in_a_128_byte_pool_slot)
+{
+    struct conn_pool p;
+    conn_pool_init(&p, sizeof(struct conn) + bk_iocp.conn_size);
+    cr_expect_leq(p.slot_size, 128, "struct conn %u + iocp part %u bytes",
+                  (unsigned)sizeof(struct conn), (unsigned)bk_iocp.conn_size);
+    conn_pool_destroy(&p);
+}
+
 Test(iocp, start_posts_the_accept_pool_with_zero_receive_length)
 {
     start();

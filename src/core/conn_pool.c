@@ -1,0 +1,132 @@
+/* conn_pool.c - fixed-size connection slots in size-aligned chunks (conn_pool.h). */
+#include "conn_pool.h"
+
+#include <string.h>
+
+#include "conn.h"
+#include "platform.h"
+
+/* A freed slot is poisoned under AddressSanitizer, so a use after free of a
+ * connection is still caught although its memory stays in the pool. */
+#if defined(__SANITIZE_ADDRESS__)
+#define POOL_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define POOL_ASAN 1
+#endif
+#endif
+#ifdef POOL_ASAN
+#include <sanitizer/asan_interface.h>
+#define poison(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define unpoison(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define poison(p, n) ((void)(p), (void)(n))
+#define unpoison(p, n) ((void)(p), (void)(n))
+#endif
+
+#define SLOT_ALIGN _Alignof(struct conn)
+
+void conn_pool_init(struct conn_pool *p, size_t slot_size)
+{
+    memset(p, 0, sizeof(*p));
+    p->slot_size = (slot_size + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN;
+    size_t n = (POOL_CHUNK_BYTES - offsetof(struct pool_chunk, slots)) / p->slot_size;
+    p->per_chunk = n > POOL_MAX_SLOTS ? POOL_MAX_SLOTS : (unsigned)n;
+}
+
+/* Slot i of chunk k. */
+static unsigned char *slot(struct conn_pool *p, struct pool_chunk *k, unsigned i)
+{
+    return k->slots + (size_t)i * p->slot_size;
+}
+
+/* Adds an empty chunk in front of p's list; NULL when out of memory. */
+static struct pool_chunk *chunk_new(struct conn_pool *p)
+{
+    struct pool_chunk *k = ep_chunk_alloc(POOL_CHUNK_BYTES);
+    if (!k)
+        return NULL;
+    k->pool = p;
+    k->next = p->chunks;
+    if (p->chunks)
+        p->chunks->prev = k;
+    p->chunks = k;
+    p->nchunks++;
+    poison(k->slots, (size_t)p->per_chunk * p->slot_size);
+    return k;
+}
+
+/* Unlinks and frees chunk k. */
+static void chunk_free(struct conn_pool *p, struct pool_chunk *k)
+{
+    if (k->prev)
+        k->prev->next = k->next;
+    else
+        p->chunks = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    p->nchunks--;
+    unpoison(k->slots, (size_t)p->per_chunk * p->slot_size);
+    ep_chunk_free(k);
+}
+
+void conn_pool_destroy(struct conn_pool *p)
+{
+    while (p->chunks)
+        chunk_free(p, p->chunks);
+    p->live = 0;
+}
+
+/* The first free slot of chunk k, which has one. */
+static unsigned first_free(const struct conn_pool *p, const struct pool_chunk *k)
+{
+    unsigned i = 0;
+    for (unsigned w = 0; i < p->per_chunk; w++, i = w * 64) {
+        uint64_t avail = ~k->live[w];
+        if (avail)
+            return i + (unsigned)__builtin_ctzll(avail);
+    }
+    return p->per_chunk;
+}
+
+struct conn *conn_pool_take(struct conn_pool *p)
+{
+    struct pool_chunk *k = p->chunks;
+    while (k && k->used == p->per_chunk)
+        k = k->next;
+    if (!k && !(k = chunk_new(p)))
+        return NULL;
+    unsigned i = first_free(p, k);
+    k->live[i / 64] |= (uint64_t)1 << (i % 64);
+    k->used++;
+    p->live++;
+    unsigned char *c = slot(p, k, i);
+    unpoison(c, p->slot_size);
+    memset(c, 0, p->slot_size);
+    return (struct conn *)(void *)c;
+}
+
+void conn_pool_put(struct conn_pool *p, struct conn *c)
+{
+    struct pool_chunk *k =
+        (struct pool_chunk *)((uintptr_t)(void *)c & ~(uintptr_t)(POOL_CHUNK_BYTES - 1));
+    unsigned i = (unsigned)(((unsigned char *)c - k->slots) / p->slot_size);
+    k->live[i / 64] &= ~((uint64_t)1 << (i % 64));
+    k->used--;
+    p->live--;
+    poison(c, p->slot_size);
+    if (k->used == 0 && p->nchunks > 1)
+        chunk_free(p, k);
+}
+
+void conn_pool_for_each(struct conn_pool *p, void (*fn)(struct conn *, void *), void *arg)
+{
+    for (struct pool_chunk *k = p->chunks; k; k = k->next) {
+        for (unsigned w = 0; w * 64 < p->per_chunk; w++) {
+            for (uint64_t bits = k->live[w]; bits; bits &= bits - 1) {
+                unsigned i = w * 64 + (unsigned)__builtin_ctzll(bits);
+                fn((struct conn *)(void *)slot(p, k, i), arg);
+            }
+        }
+    }
+}

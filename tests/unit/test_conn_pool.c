@@ -1,0 +1,125 @@
+/* The connection pool: zeroed fixed-size slots, found again from their address, visited
+ * by the tick, reused before a new chunk, chunks given back once empty. */
+#include <criterion/criterion.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conn.h"
+#include "conn_pool.h"
+
+#define BK_BYTES 56 /* a backend part the size of the IOCP one */
+
+static struct conn_pool pool;
+
+static void setup(void)
+{
+    conn_pool_init(&pool, sizeof(struct conn) + BK_BYTES);
+}
+
+static void teardown(void)
+{
+    conn_pool_destroy(&pool);
+}
+
+TestSuite(conn_pool, .init = setup, .fini = teardown);
+
+/* Whether all n bytes at p are zero. */
+static int all_zero(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        if (b[i])
+            return 0;
+    return 1;
+}
+
+Test(conn_pool, a_slot_is_the_connection_and_its_backend_part_with_no_header)
+{
+    cr_assert_geq(pool.slot_size, sizeof(struct conn) + BK_BYTES);
+    cr_assert_lt(pool.slot_size, sizeof(struct conn) + BK_BYTES + _Alignof(struct conn));
+    cr_assert_eq(pool.per_chunk,
+                 (POOL_CHUNK_BYTES - offsetof(struct pool_chunk, slots)) / pool.slot_size);
+    struct conn *a = conn_pool_take(&pool), *b = conn_pool_take(&pool);
+    cr_assert(a && b);
+    cr_expect_eq((size_t)((unsigned char *)b - (unsigned char *)a), pool.slot_size);
+    cr_expect_eq((uintptr_t)(void *)a->bk % _Alignof(uint64_t), 0);
+}
+
+Test(conn_pool, a_taken_slot_is_zeroed_even_after_a_previous_tenant)
+{
+    struct conn *c = conn_pool_take(&pool);
+    cr_assert(c);
+    cr_expect(all_zero(c, pool.slot_size));
+    memset(c, 0xa5, pool.slot_size);
+    conn_pool_put(&pool, c);
+    struct conn *again = conn_pool_take(&pool);
+    cr_expect_eq(again, c, "the freed slot is reused before any other");
+    cr_expect(all_zero(again, pool.slot_size));
+}
+
+Test(conn_pool, every_slot_finds_its_pool_from_its_address_in_every_chunk)
+{
+    unsigned n = pool.per_chunk * 2 + 3;
+    for (unsigned i = 0; i < n; i++) {
+        struct conn *c = conn_pool_take(&pool);
+        cr_assert(c, "slot %u", i);
+        cr_assert_eq(conn_pool_of(c), &pool, "slot %u", i);
+    }
+    cr_expect_eq(pool.nchunks, 3);
+    cr_expect_eq(pool.live, n);
+}
+
+/* conn_pool_for_each callback: counts the visits of each connection in its id. */
+static void count_visit(struct conn *c, void *arg)
+{
+    c->id++;
+    (*(unsigned *)arg)++;
+}
+
+Test(conn_pool, for_each_visits_every_live_connection_once_and_no_freed_one)
+{
+    enum { N = 1500 };
+    static struct conn *cs[N];
+    for (unsigned i = 0; i < N; i++)
+        cr_assert((cs[i] = conn_pool_take(&pool)));
+    for (unsigned i = 0; i < N; i += 3)
+        conn_pool_put(&pool, cs[i]);
+    unsigned visits = 0;
+    conn_pool_for_each(&pool, count_visit, &visits);
+    cr_expect_eq(visits, N - (N + 2) / 3);
+    for (unsigned i = 0; i < N; i++)
+        if (i % 3)
+            cr_expect_eq(cs[i]->id, 1, "connection %u visited %llu times", i,
+                         (unsigned long long)cs[i]->id);
+}
+
+Test(conn_pool, an_emptied_chunk_is_given_back_but_never_the_last)
+{
+    unsigned n = pool.per_chunk + 1;
+    struct conn **cs = calloc(n, sizeof(*cs));
+    cr_assert(cs);
+    for (unsigned i = 0; i < n; i++)
+        cr_assert((cs[i] = conn_pool_take(&pool)));
+    cr_assert_eq(pool.nchunks, 2);
+    conn_pool_put(&pool, cs[n - 1]); /* the second chunk's only slot */
+    cr_expect_eq(pool.nchunks, 1);
+    for (unsigned i = 0; i + 1 < n; i++)
+        conn_pool_put(&pool, cs[i]);
+    cr_expect_eq(pool.nchunks, 1, "the last chunk stays for the next connection");
+    cr_expect_eq(pool.live, 0);
+    free(cs);
+}
+
+Test(conn_pool, a_full_chunk_is_passed_over_for_one_with_a_free_slot)
+{
+    unsigned n = pool.per_chunk * 2;
+    struct conn **cs = calloc(n, sizeof(*cs));
+    cr_assert(cs);
+    for (unsigned i = 0; i < n; i++)
+        cr_assert((cs[i] = conn_pool_take(&pool)));
+    conn_pool_put(&pool, cs[5]); /* a slot in the first chunk, now behind a full one */
+    cr_expect_eq(conn_pool_take(&pool), cs[5]);
+    cr_expect_eq(pool.nchunks, 2);
+    free(cs);
+}
