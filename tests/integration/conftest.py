@@ -237,7 +237,14 @@ class ServerFactory:
         if fault_log:
             argv += ["--fault-log", fault_log]
         argv += list(args)
-        return Server(self.build, argv, env, start_timeout, launcher)
+        try:
+            return Server(self.build, argv, env, start_timeout, launcher)
+        except echolib.EchoportError as e:
+            if not (self.build.wine and getattr(e, "silent_exit", False)):
+                raise
+            print(f"echoport.exe exited silently before listening (Wine): starting it again\n{e}",
+                  file=sys.stderr)
+            return Server(self.build, argv, env, start_timeout, launcher)
 
 
 @pytest.fixture

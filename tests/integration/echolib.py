@@ -226,10 +226,15 @@ class Server:
         return self.proc.poll() is None
 
     def _fail_start(self, why):
+        exited = self.proc.poll() is not None
         self.kill()
-        raise EchoportError(f"{self.build.name} server did not start: {why}\n"
-                            f"exit code: {self.proc.returncode}\n"
-                            f"stdout:\n{self.out.text()}\nstderr:\n{self.err.text()}")
+        e = EchoportError(f"{self.build.name} server did not start: {why}\n"
+                          f"exit code: {self.proc.returncode}\n"
+                          f"stdout:\n{self.out.text()}\nstderr:\n{self.err.text()}")
+        # every exit of echoport before it listens says why on stderr: one that says
+        # nothing never ran our code (seen once under Wine: exit 1, no output)
+        e.silent_exit = exited and not self.out.text() and not self.err.text()
+        raise e
 
     # admin port ---------------------------------------------------------------
     def admin(self, command, timeout=None):
