@@ -168,6 +168,21 @@ static int client_step(struct admin *a, struct admin_client *c, short revents)
     return client_done(c) ? -1 : 0;
 }
 
+/* Counts s, a socket the admin port just opened (none: NET_INVALID), and returns it. */
+static net_socket admin_opened(net_socket s)
+{
+    if (s != NET_INVALID)
+        stats_add(admin_sockets_opened, 1);
+    return s;
+}
+
+/* Closes a socket of the admin port, counted. */
+static void admin_close(net_socket s)
+{
+    net_close(s);
+    stats_add(admin_sockets_closed, 1);
+}
+
 /* Closes an admin client's socket. While the reserve is spent, the socket becomes the
  * reserve instead, shut down both ways (the peer sees the same FIN): closing it and
  * refilling later would let the data port, accepting at its limit, take the descriptor. */
@@ -178,7 +193,7 @@ static void admin_socket_release(struct admin *a, net_socket s)
         a->accept_retry_ms = 0; /* the reserve is back: a waiting client may take it now */
         return;
     }
-    net_close(s);
+    admin_close(s);
 }
 
 /* Closes client i, after a last try to send why (a one-line error when given and nothing
@@ -202,7 +217,7 @@ static void client_close(struct admin *a, int i, const char *why)
 static void admin_reserve_refill(struct admin *a)
 {
     if (a->reserve == NET_INVALID)
-        a->reserve = socket(AF_INET, SOCK_STREAM, 0);
+        a->reserve = admin_opened(socket(AF_INET, SOCK_STREAM, 0));
 }
 
 /* Accepts a client into *s: 1, 0 when none is waiting, -1 when one could not be accepted
@@ -212,7 +227,7 @@ static void admin_reserve_refill(struct admin *a)
  * before it looks at the queue; so does Wine's, with WSAEINVAL). */
 static int admin_accept_one(struct admin *a, net_socket *s)
 {
-    *s = accept(a->listener, NULL, NULL);
+    *s = admin_opened(accept(a->listener, NULL, NULL));
     if (*s != NET_INVALID)
         return 1;
     if (would_block())
@@ -220,9 +235,9 @@ static int admin_accept_one(struct admin *a, net_socket *s)
     if (!out_of_descriptors() || a->reserve == NET_INVALID)
         return -1;
     ep_descriptors_lock();
-    net_close(a->reserve);
+    admin_close(a->reserve);
     a->reserve = NET_INVALID;
-    *s = accept(a->listener, NULL, NULL);
+    *s = admin_opened(accept(a->listener, NULL, NULL));
     int got = *s != NET_INVALID ? 1 : would_block() ? 0 : -1;
     if (got < 0 && out_of_descriptors())
         stats_add(admin_waits, 1); /* the descriptor went elsewhere all the same */
@@ -236,7 +251,7 @@ static int admin_accept_one(struct admin *a, net_socket *s)
 static void admin_reserve_release(struct admin *a)
 {
     if (a->reserve != NET_INVALID)
-        net_close(a->reserve);
+        admin_close(a->reserve);
     a->reserve = NET_INVALID;
 }
 
@@ -334,14 +349,14 @@ int admin_start(struct admin *a, struct server *srv, unsigned port, char *err, s
     addr.sin_family = AF_INET;
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK); /* loopback only, by design */
     addr.sin_port = htons((unsigned short)port);
-    a->listener = socket(AF_INET, SOCK_STREAM, 0);
+    a->listener = admin_opened(socket(AF_INET, SOCK_STREAM, 0));
     if (a->listener == NET_INVALID || bind(a->listener, (struct sockaddr *)&addr, sizeof(addr)) ||
         listen(a->listener, 2 * ADMIN_CLIENTS_MAX) ||
         getsockname(a->listener, (struct sockaddr *)&addr, &len) ||
         net_set_nonblocking(a->listener)) {
         snprintf(err, errlen, "cannot open admin port 127.0.0.1:%u: %s", port, net_last_error());
         if (a->listener != NET_INVALID)
-            net_close(a->listener);
+            admin_close(a->listener);
         return EP_EADDR;
     }
     a->port = ntohs(addr.sin_port);
@@ -350,7 +365,7 @@ int admin_start(struct admin *a, struct server *srv, unsigned port, char *err, s
     if (!a->clients || ep_thread_start(&a->thread, admin_loop, a)) {
         snprintf(err, errlen, "cannot start the admin thread");
         free(a->clients);
-        net_close(a->listener);
+        admin_close(a->listener);
         return EP_EIO;
     }
     while (!atomic_load(&a->ready))
@@ -362,6 +377,6 @@ void admin_stop(struct admin *a)
 {
     atomic_store(&a->stop, 1);
     ep_thread_join(a->thread);
-    net_close(a->listener);
+    admin_close(a->listener);
     free(a->clients);
 }

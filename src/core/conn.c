@@ -5,8 +5,6 @@
  * makes short sends and half-close fall out naturally. */
 #include "conn.h"
 
-#include <stdlib.h>
-
 #include "alloc.h"
 #include "backend.h"
 #include "core_int.h"

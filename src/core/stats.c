@@ -28,12 +28,14 @@ size_t stats_format(char *buf, size_t len)
                      " refused=%" PRIu64 " accept_errors=%" PRIu64 " admin_waits=%" PRIu64
                      " recv_fallbacks=%" PRIu64 " buffer_waits=%" PRIu64 " bytes_in=%" PRIu64
                      " bytes_out=%" PRIu64 " sockets_opened=%" PRIu64 " sockets_closed=%" PRIu64
+                     " admin_sockets_opened=%" PRIu64 " admin_sockets_closed=%" PRIu64
                      " ctx_alloc=%" PRIu64 " ctx_free=%" PRIu64 " faults=%" PRIu64,
                      accepted, closed, accepted - closed, stats_get(refused),
                      stats_get(accept_errors), stats_get(admin_waits), stats_get(recv_fallbacks),
                      stats_get(buffer_waits), stats_get(bytes_in), stats_get(bytes_out),
-                     stats_get(sockets_opened), stats_get(sockets_closed), stats_get(ctx_alloc),
-                     stats_get(ctx_free), stats_get(faults));
+                     stats_get(sockets_opened), stats_get(sockets_closed),
+                     stats_get(admin_sockets_opened), stats_get(admin_sockets_closed),
+                     stats_get(ctx_alloc), stats_get(ctx_free), stats_get(faults));
     size_t used = n < 0 ? 0 : (size_t)n >= len ? len - 1 : (size_t)n;
     if (stats_extra && used < len)
         used += stats_extra(buf + used, len - used);

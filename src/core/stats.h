@@ -18,8 +18,11 @@ struct ep_stats {
     atomic_uint_least64_t buffer_waits;   /* receives parked because the buffer budget was spent */
     atomic_uint_least64_t bytes_in;
     atomic_uint_least64_t bytes_out;
-    atomic_uint_least64_t sockets_opened; /* every socket the server created, listeners included */
+    atomic_uint_least64_t sockets_opened; /* every socket of the data port: its listener, accept
+                                             sockets, connections */
     atomic_uint_least64_t sockets_closed;
+    atomic_uint_least64_t admin_sockets_opened; /* the admin port's: listener, reserve, clients */
+    atomic_uint_least64_t admin_sockets_closed;
     atomic_uint_least64_t ctx_alloc; /* connection contexts */
     atomic_uint_least64_t ctx_free;
     atomic_uint_least64_t faults; /* injected faults, all kinds */

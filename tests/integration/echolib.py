@@ -386,7 +386,7 @@ def check_clean(final, stats_line="", bytes_equal=True, faults_possible=False):
         return []
     bad = []
     for a, b in (("sockets_opened", "sockets_closed"), ("ctx_alloc", "ctx_free"),
-                 ("accepted", "closed")):
+                 ("accepted", "closed"), ("admin_sockets_opened", "admin_sockets_closed")):
         if final.get(a) != final.get(b):
             bad.append(f"{a}={final.get(a)} != {b}={final.get(b)}")
     if final.get("active") != 0:

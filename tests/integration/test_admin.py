@@ -154,3 +154,21 @@ def test_admin_clients_are_bounded_and_the_oldest_is_dropped(server, build):
             c.close()
     assert srv.admin("ping") == "pong"
     srv.stop()
+
+
+def test_admin_sockets_are_counted_and_every_one_is_closed(server, build):
+    """Every admin client is one socket more in admin_sockets_opened, counted apart from
+    the data port's: the n-th stats reply counts the admin listener, its descriptor
+    reserve and n clients, and after the stop every one of them was closed."""
+    srv = server()
+    data0 = srv.stats()
+    assert data0["admin_sockets_opened"] == 3, f"listener + reserve + this client: {data0}"
+    for n in range(2, 6):
+        st = srv.stats()
+        assert st["admin_sockets_opened"] == 2 + n, f"stats query {n}: {st}"
+        assert st["admin_sockets_closed"] == n - 1, f"the {n - 1} clients before: {st}"
+        assert (st["sockets_opened"], st["sockets_closed"]) == \
+            (data0["sockets_opened"], data0["sockets_closed"]), "admin sockets counted as data"
+    final = srv.stop()  # through the admin port: one client more
+    assert final["admin_sockets_opened"] == 2 + 5 + 1, srv.final_line
+    assert final["admin_sockets_closed"] == final["admin_sockets_opened"], srv.final_line
