@@ -6,8 +6,9 @@
 #include "conn.h"
 #include "platform.h"
 
-/* A freed slot is poisoned under AddressSanitizer, so a use after free of a
- * connection is still caught although its memory stays in the pool. */
+/* A freed slot is poisoned under AddressSanitizer and is a freed block of a memcheck
+ * memory pool under valgrind, so a use after free of a connection is still caught
+ * although its memory stays in the pool. */
 #if defined(__SANITIZE_ADDRESS__)
 #define POOL_ASAN 1
 #elif defined(__has_feature)
@@ -23,6 +24,19 @@
 #define poison(p, n) ((void)(p), (void)(n))
 #define unpoison(p, n) ((void)(p), (void)(n))
 #endif
+#if !defined(_WIN32) && defined(__has_include)
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#define POOL_VALGRIND 1
+#endif
+#endif
+#ifndef POOL_VALGRIND
+#define VALGRIND_CREATE_MEMPOOL(pool, rz, zeroed) ((void)(pool))
+#define VALGRIND_DESTROY_MEMPOOL(pool) ((void)(pool))
+#define VALGRIND_MEMPOOL_ALLOC(pool, p, n) ((void)(pool), (void)(p), (void)(n))
+#define VALGRIND_MEMPOOL_FREE(pool, p) ((void)(pool), (void)(p))
+#define VALGRIND_MAKE_MEM_NOACCESS(p, n) ((void)(p), (void)(n))
+#endif
 
 #define SLOT_ALIGN _Alignof(struct conn)
 
@@ -32,6 +46,7 @@ void conn_pool_init(struct conn_pool *p, size_t slot_size)
     p->slot_size = (slot_size + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN;
     size_t n = (POOL_CHUNK_BYTES - offsetof(struct pool_chunk, slots)) / p->slot_size;
     p->per_chunk = n > POOL_MAX_SLOTS ? POOL_MAX_SLOTS : (unsigned)n;
+    VALGRIND_CREATE_MEMPOOL(p, 0, 0);
 }
 
 /* Slot i of chunk k. */
@@ -53,6 +68,7 @@ static struct pool_chunk *chunk_new(struct conn_pool *p)
     p->chunks = k;
     p->nchunks++;
     poison(k->slots, (size_t)p->per_chunk * p->slot_size);
+    VALGRIND_MAKE_MEM_NOACCESS(k->slots, (size_t)p->per_chunk * p->slot_size);
     return k;
 }
 
@@ -72,9 +88,14 @@ static void chunk_free(struct conn_pool *p, struct pool_chunk *k)
 
 void conn_pool_destroy(struct conn_pool *p)
 {
-    while (p->chunks)
-        chunk_free(p, p->chunks);
-    p->live = 0;
+    /* A connection still here leaked: its chunk is left allocated and unreferenced,
+     * so valgrind and LeakSanitizer report it as they would a leaked malloc. */
+    if (p->live == 0)
+        while (p->chunks)
+            chunk_free(p, p->chunks);
+    p->chunks = NULL;
+    p->nchunks = p->live = 0;
+    VALGRIND_DESTROY_MEMPOOL(p);
 }
 
 /* The first free slot of chunk k, which has one. */
@@ -102,6 +123,7 @@ struct conn *conn_pool_take(struct conn_pool *p)
     p->live++;
     unsigned char *c = slot(p, k, i);
     unpoison(c, p->slot_size);
+    VALGRIND_MEMPOOL_ALLOC(p, c, p->slot_size);
     memset(c, 0, p->slot_size);
     return (struct conn *)(void *)c;
 }
@@ -115,6 +137,7 @@ void conn_pool_put(struct conn_pool *p, struct conn *c)
     k->used--;
     p->live--;
     poison(c, p->slot_size);
+    VALGRIND_MEMPOOL_FREE(p, c);
     if (k->used == 0 && p->nchunks > 1)
         chunk_free(p, k);
 }

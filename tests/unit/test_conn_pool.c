@@ -2,7 +2,6 @@
  * by the tick, reused before a new chunk, chunks given back once empty. */
 #include <criterion/criterion.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "conn.h"
@@ -11,15 +10,42 @@
 #define BK_BYTES 56 /* a backend part the size of the IOCP one */
 
 static struct conn_pool pool;
+static struct conn *taken[2048]; /* what a test took and has not put, for the teardown */
+static unsigned ntaken;
 
 static void setup(void)
 {
     conn_pool_init(&pool, sizeof(struct conn) + BK_BYTES);
+    ntaken = 0;
 }
 
+/* Puts back what the test left: a pool destroyed with live slots leaks them on purpose. */
 static void teardown(void)
 {
+    for (unsigned i = 0; i < ntaken; i++)
+        if (taken[i])
+            conn_pool_put(&pool, taken[i]);
+    cr_expect_eq(pool.live, 0);
     conn_pool_destroy(&pool);
+}
+
+/* A slot from the pool, remembered for the teardown. */
+static struct conn *take(void)
+{
+    struct conn *c = conn_pool_take(&pool);
+    cr_assert(c, "take %u", ntaken);
+    cr_assert_lt(ntaken, sizeof(taken) / sizeof(taken[0]));
+    taken[ntaken++] = c;
+    return c;
+}
+
+/* Gives c back before the teardown. */
+static void put(struct conn *c)
+{
+    for (unsigned i = 0; i < ntaken; i++)
+        if (taken[i] == c)
+            taken[i] = NULL;
+    conn_pool_put(&pool, c);
 }
 
 TestSuite(conn_pool, .init = setup, .fini = teardown);
@@ -40,20 +66,18 @@ Test(conn_pool, a_slot_is_the_connection_and_its_backend_part_with_no_header)
     cr_assert_lt(pool.slot_size, sizeof(struct conn) + BK_BYTES + _Alignof(struct conn));
     cr_assert_eq(pool.per_chunk,
                  (POOL_CHUNK_BYTES - offsetof(struct pool_chunk, slots)) / pool.slot_size);
-    struct conn *a = conn_pool_take(&pool), *b = conn_pool_take(&pool);
-    cr_assert(a && b);
+    struct conn *a = take(), *b = take();
     cr_expect_eq((size_t)((unsigned char *)b - (unsigned char *)a), pool.slot_size);
     cr_expect_eq((uintptr_t)(void *)a->bk % _Alignof(uint64_t), 0);
 }
 
 Test(conn_pool, a_taken_slot_is_zeroed_even_after_a_previous_tenant)
 {
-    struct conn *c = conn_pool_take(&pool);
-    cr_assert(c);
+    struct conn *c = take();
     cr_expect(all_zero(c, pool.slot_size));
     memset(c, 0xa5, pool.slot_size);
-    conn_pool_put(&pool, c);
-    struct conn *again = conn_pool_take(&pool);
+    put(c);
+    struct conn *again = take();
     cr_expect_eq(again, c, "the freed slot is reused before any other");
     cr_expect(all_zero(again, pool.slot_size));
 }
@@ -62,8 +86,7 @@ Test(conn_pool, every_slot_finds_its_pool_from_its_address_in_every_chunk)
 {
     unsigned n = pool.per_chunk * 2 + 3;
     for (unsigned i = 0; i < n; i++) {
-        struct conn *c = conn_pool_take(&pool);
-        cr_assert(c, "slot %u", i);
+        struct conn *c = take();
         cr_assert_eq(conn_pool_of(c), &pool, "slot %u", i);
     }
     cr_expect_eq(pool.nchunks, 3);
@@ -82,9 +105,9 @@ Test(conn_pool, for_each_visits_every_live_connection_once_and_no_freed_one)
     enum { N = 1500 };
     static struct conn *cs[N];
     for (unsigned i = 0; i < N; i++)
-        cr_assert((cs[i] = conn_pool_take(&pool)));
+        cs[i] = take();
     for (unsigned i = 0; i < N; i += 3)
-        conn_pool_put(&pool, cs[i]);
+        put(cs[i]);
     unsigned visits = 0;
     conn_pool_for_each(&pool, count_visit, &visits);
     cr_expect_eq(visits, N - (N + 2) / 3);
@@ -97,29 +120,24 @@ Test(conn_pool, for_each_visits_every_live_connection_once_and_no_freed_one)
 Test(conn_pool, an_emptied_chunk_is_given_back_but_never_the_last)
 {
     unsigned n = pool.per_chunk + 1;
-    struct conn **cs = calloc(n, sizeof(*cs));
-    cr_assert(cs);
     for (unsigned i = 0; i < n; i++)
-        cr_assert((cs[i] = conn_pool_take(&pool)));
+        take();
     cr_assert_eq(pool.nchunks, 2);
-    conn_pool_put(&pool, cs[n - 1]); /* the second chunk's only slot */
+    put(taken[n - 1]); /* the second chunk's only slot */
     cr_expect_eq(pool.nchunks, 1);
     for (unsigned i = 0; i + 1 < n; i++)
-        conn_pool_put(&pool, cs[i]);
+        put(taken[i]);
     cr_expect_eq(pool.nchunks, 1, "the last chunk stays for the next connection");
     cr_expect_eq(pool.live, 0);
-    free(cs);
 }
 
 Test(conn_pool, a_full_chunk_is_passed_over_for_one_with_a_free_slot)
 {
     unsigned n = pool.per_chunk * 2;
-    struct conn **cs = calloc(n, sizeof(*cs));
-    cr_assert(cs);
     for (unsigned i = 0; i < n; i++)
-        cr_assert((cs[i] = conn_pool_take(&pool)));
-    conn_pool_put(&pool, cs[5]); /* a slot in the first chunk, now behind a full one */
-    cr_expect_eq(conn_pool_take(&pool), cs[5]);
+        take();
+    struct conn *fifth = taken[5];
+    put(fifth); /* a slot in the first chunk, now behind a full one */
+    cr_expect_eq(take(), fifth);
     cr_expect_eq(pool.nchunks, 2);
-    free(cs);
 }
