@@ -128,6 +128,14 @@ struct conn *conn_pool_take(struct conn_pool *p)
     return (struct conn *)(void *)c;
 }
 
+/* Free slots the other chunks would have if an empty one went back. An emptied chunk
+ * only goes back when they have half a chunk's worth, so connections coming and going
+ * at a chunk's boundary do not allocate and free a chunk each time. */
+static size_t slack_without(const struct conn_pool *p)
+{
+    return (p->nchunks - 1) * p->per_chunk - p->live;
+}
+
 void conn_pool_put(struct conn_pool *p, struct conn *c)
 {
     struct pool_chunk *k =
@@ -138,7 +146,7 @@ void conn_pool_put(struct conn_pool *p, struct conn *c)
     p->live--;
     poison(c, p->slot_size);
     VALGRIND_MEMPOOL_FREE(p, c);
-    if (k->used == 0 && p->nchunks > 1)
+    if (k->used == 0 && slack_without(p) >= p->per_chunk / 2)
         chunk_free(p, k);
 }
 

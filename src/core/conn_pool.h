@@ -5,7 +5,8 @@
  * the heap pays an allocator header and rounding, and two list links so its worker can
  * find it. A slot pays neither: the pool walks its chunks' live bitmaps to visit them,
  * and a chunk is aligned to its size, so a slot's address gives its chunk, and the
- * chunk its pool (and so its worker). Emptied chunks go back, except the pool's last.
+ * chunk its pool (and so its worker). Emptied chunks go back, but for one kept while
+ * the others are nearly full.
  *
  * Not thread-safe: the owner serialises every call (the worker's lock). */
 #ifndef EP_CONN_POOL_H
@@ -45,7 +46,8 @@ void conn_pool_destroy(struct conn_pool *p);
 /* A zeroed slot, NULL when no chunk could be allocated. */
 struct conn *conn_pool_take(struct conn_pool *p);
 
-/* Gives c's slot back; its chunk goes back too once empty, unless it is the last. */
+/* Gives c's slot back; its chunk goes back too once empty, unless the other chunks
+ * have fewer than half a chunk of free slots (it is the last, or they are nearly full). */
 void conn_pool_put(struct conn_pool *p, struct conn *c);
 
 /* Calls fn(c, arg) for every live connection of p; fn must not take or put. */

@@ -117,15 +117,23 @@ Test(conn_pool, for_each_visits_every_live_connection_once_and_no_freed_one)
                          (unsigned long long)cs[i]->id);
 }
 
-Test(conn_pool, an_emptied_chunk_is_given_back_but_never_the_last)
+Test(conn_pool, an_emptied_chunk_is_given_back_once_the_others_have_room)
 {
     unsigned n = pool.per_chunk + 1;
     for (unsigned i = 0; i < n; i++)
         take();
     cr_assert_eq(pool.nchunks, 2);
-    put(taken[n - 1]); /* the second chunk's only slot */
+    put(taken[n - 1]); /* the second chunk's only slot: the first is full */
+    cr_expect_eq(pool.nchunks, 2, "kept: the next connection would need it again");
+    take();
+    put(taken[n]);
+    cr_expect_eq(pool.nchunks, 2, "a connection coming and going allocates no chunk");
+    for (unsigned i = 0; i < pool.per_chunk / 2; i++)
+        put(taken[i]);
+    take();
+    put(taken[n + 1]); /* empties a chunk again: the other has half a chunk free now */
     cr_expect_eq(pool.nchunks, 1);
-    for (unsigned i = 0; i + 1 < n; i++)
+    for (unsigned i = pool.per_chunk / 2; i + 1 < n; i++)
         put(taken[i]);
     cr_expect_eq(pool.nchunks, 1, "the last chunk stays for the next connection");
     cr_expect_eq(pool.live, 0);
