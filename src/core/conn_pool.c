@@ -49,6 +49,12 @@ void conn_pool_init(struct conn_pool *p, size_t slot_size)
     VALGRIND_CREATE_MEMPOOL(p, 0, 0);
 }
 
+/* Bytes of a chunk's slots. */
+static size_t slots_bytes(const struct conn_pool *p)
+{
+    return (size_t)p->per_chunk * p->slot_size;
+}
+
 /* Slot i of chunk k. */
 static unsigned char *slot(struct conn_pool *p, struct pool_chunk *k, unsigned i)
 {
@@ -67,8 +73,8 @@ static struct pool_chunk *chunk_new(struct conn_pool *p)
         p->chunks->prev = k;
     p->chunks = k;
     p->nchunks++;
-    poison(k->slots, (size_t)p->per_chunk * p->slot_size);
-    VALGRIND_MAKE_MEM_NOACCESS(k->slots, (size_t)p->per_chunk * p->slot_size);
+    poison(k->slots, slots_bytes(p));
+    VALGRIND_MAKE_MEM_NOACCESS(k->slots, slots_bytes(p));
     return k;
 }
 
@@ -82,7 +88,7 @@ static void chunk_free(struct conn_pool *p, struct pool_chunk *k)
     if (k->next)
         k->next->prev = k->prev;
     p->nchunks--;
-    unpoison(k->slots, (size_t)p->per_chunk * p->slot_size);
+    unpoison(k->slots, slots_bytes(p));
     ep_chunk_free(k);
 }
 
@@ -138,8 +144,7 @@ static size_t slack_without(const struct conn_pool *p)
 
 void conn_pool_put(struct conn_pool *p, struct conn *c)
 {
-    struct pool_chunk *k =
-        (struct pool_chunk *)((uintptr_t)(void *)c & ~(uintptr_t)(POOL_CHUNK_BYTES - 1));
+    struct pool_chunk *k = conn_pool_chunk_of(c);
     unsigned i = (unsigned)(((unsigned char *)c - k->slots) / p->slot_size);
     k->live[i / 64] &= ~((uint64_t)1 << (i % 64));
     k->used--;

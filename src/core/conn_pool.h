@@ -31,7 +31,7 @@ struct pool_chunk {
 struct conn_pool {
     size_t slot_size;          /* bytes of one connection with its backend state */
     unsigned per_chunk;        /* slots in one chunk */
-    struct pool_chunk *chunks; /* those with a free slot first is not promised */
+    struct pool_chunk *chunks; /* newest first; a take looks for one with a free slot */
     size_t nchunks, live;
 };
 
@@ -53,11 +53,16 @@ void conn_pool_put(struct conn_pool *p, struct conn *c);
 /* Calls fn(c, arg) for every live connection of p; fn must not take or put. */
 void conn_pool_for_each(struct conn_pool *p, void (*fn)(struct conn *, void *), void *arg);
 
+/* The chunk holding c: chunks are aligned to their size. */
+static inline struct pool_chunk *conn_pool_chunk_of(const struct conn *c)
+{
+    return (struct pool_chunk *)((uintptr_t)(const void *)c & ~(uintptr_t)(POOL_CHUNK_BYTES - 1));
+}
+
 /* The pool holding c. */
 static inline struct conn_pool *conn_pool_of(const struct conn *c)
 {
-    uintptr_t chunk = (uintptr_t)(const void *)c & ~(uintptr_t)(POOL_CHUNK_BYTES - 1);
-    return ((const struct pool_chunk *)chunk)->pool;
+    return conn_pool_chunk_of(c)->pool;
 }
 
 #endif
