@@ -6,7 +6,6 @@ Wine prefix handling, per-test hard timeouts, replay lines and the conformance t
 """
 
 import faulthandler
-import fcntl
 import os
 import shlex
 import signal
@@ -174,6 +173,7 @@ def _wine_env():
 
 def _start_wineserver():
     WINEPREFIX.parent.mkdir(parents=True, exist_ok=True)
+    import fcntl  # only a Linux host runs Wine
     with open(str(WINEPREFIX) + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -199,7 +199,7 @@ def wine_prefix():
 
 def pytest_sessionfinish(session, exitstatus):
     config = session.config
-    if is_worker(config) or "windows" not in selected_builds(config):
+    if is_worker(config) or "windows" not in selected_builds(config) or echolib.NATIVE_WINDOWS:
         return
     if os.environ.get("ECHOPORT_KEEP_WINESERVER"):
         return
@@ -276,10 +276,11 @@ def _test_limit(item):
 def pytest_runtest_protocol(item, nextitem):
     """Arms a per-test deadline covering setup, call and teardown: SIGALRM raises
     HardTimeout in the main thread (socket waits are interrupted); off the main
-    thread a watchdog kills the test's servers, dumps every stack and exits."""
+    thread, and on Windows (no SIGALRM), a watchdog kills the test's servers, dumps
+    every stack and exits."""
     limit = _test_limit(item)
     del echolib.started[:]
-    main = threading.current_thread() is threading.main_thread()
+    main = threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGALRM")
     done = threading.Event()
     old = None
     if main:
@@ -320,7 +321,7 @@ def replay_command(item):
     name = item.name
     callspec = getattr(item, "callspec", None)
     b = callspec.params.get("build_name") if callspec else None
-    cmd = ["/usr/bin/python3", "-m", "pytest", "tests/integration", "-k", name]
+    cmd = [echolib.REPLAY_PYTHON, "-m", "pytest", "tests/integration", "-k", name]
     if b and b != "target":
         cmd += ["--build", b]
     cmd += ["--seed", str(config.getoption("--seed"))]

@@ -22,6 +22,11 @@ import pytest
 
 ROOT = Path(os.environ.get("ECHOPORT_ROOT") or Path(__file__).resolve().parents[2])
 WINEPREFIX = Path(os.environ.get("ECHOPORT_WINEPREFIX") or ROOT / "build" / "wineprefix")
+# The suite runs on a Linux host (the Windows build under Wine) or natively on Windows
+# (the GitHub windows-latest job), where POSIX-only calls have a Windows counterpart.
+NATIVE_WINDOWS = os.name == "nt"
+# The interpreter a replay line names: Debian's, which has pytest (see the README).
+REPLAY_PYTHON = "python" if NATIVE_WINDOWS else "/usr/bin/python3"
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -52,7 +57,7 @@ class Build:
         exe = ".exe" if name == "windows" else ""
         self.server_path = self.bindir / f"echoport{exe}"
         self.client_path = self.bindir / f"echoport-client{exe}"
-        self.wine = name == "windows" and os.name != "nt"  # native on real Windows
+        self.wine = name == "windows" and not NATIVE_WINDOWS
         # Wine runs each process through a loader and the prefix's wineserver:
         # slower starts, slower bulk transfer; workloads are sized down by `scale`.
         self.scale = 1.0
@@ -156,11 +161,13 @@ class LineReader:
 
 # --------------------------------------------------------------------------- the server
 
-try:
-    import ctypes
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):
-    _prctl = None
+_prctl = None
+if not NATIVE_WINDOWS:
+    try:
+        import ctypes
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        pass
 
 
 def _die_with_parent():
@@ -169,6 +176,15 @@ def _die_with_parent():
     nothing here may take a lock another thread held at fork."""
     if _prctl is not None:
         _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _own_group():
+    """Popen options that start the server in a process group of its own, so a stop
+    signal reaches it alone: a new session on POSIX (dying with the test process on
+    Linux); on Windows a new console process group, which Ctrl-Break can address."""
+    if NATIVE_WINDOWS:
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True, "preexec_fn": _die_with_parent}
 
 
 def parse_stats(line):
@@ -196,7 +212,7 @@ class Server:
         self.proc = subprocess.Popen(
             list(launcher) + build.argv() + self.args, cwd=ROOT, env=build.env(self.env_extra),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, preexec_fn=_die_with_parent)
+            **_own_group())
         self.pid = self.proc.pid
         self.t_start = time.monotonic()
         self.t_stop = self.t_exit = None
@@ -276,7 +292,9 @@ class Server:
             if reply != "ok shutting down":
                 raise EchoportError(f"admin 'shutdown' replied {reply!r}")
         elif via in ("sigint", "signal"):
-            os.kill(self.pid, signal.SIGINT)
+            # natively on Windows: Ctrl-Break, the console event a process group of its
+            # own receives (Ctrl-C is disabled in one); Wine turns SIGINT into Ctrl-C
+            os.kill(self.pid, signal.CTRL_BREAK_EVENT if NATIVE_WINDOWS else signal.SIGINT)
         elif via == "sigterm":
             os.kill(self.pid, signal.SIGTERM)
         else:
@@ -323,6 +341,8 @@ class Server:
     def kill(self):
         if self.proc.poll() is None:
             try:
+                if NATIVE_WINDOWS:
+                    raise OSError("no process groups to kill")
                 os.killpg(self.pid, signal.SIGKILL)
             except OSError:
                 self.proc.kill()
@@ -789,6 +809,10 @@ def only_builds(*names):
 
 def cpu_seconds(pid):
     """The CPU time (utime + stime, /proc/PID/stat) a process has used so far."""
+    if NATIVE_WINDOWS:
+        import psutil
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -796,6 +820,9 @@ def cpu_seconds(pid):
 
 def rss_bytes(pid):
     """A process's resident set size (VmRSS of /proc/PID/status)."""
+    if NATIVE_WINDOWS:
+        import psutil
+        return psutil.Process(pid).memory_info().rss
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):

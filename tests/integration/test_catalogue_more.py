@@ -5,7 +5,6 @@ do, and fail fast. Run every catalogue scenario with:
 """
 
 import random
-import resource
 import socket
 import threading
 import time
@@ -76,6 +75,8 @@ def test_catalogue_03_multishot_accept_rearmed_after_emfile(server, build, base_
     lowered to just above what it uses; clients fill it and more wait in the backlog;
     once they leave, a new client must be served. (The limit is inherited at start:
     io_uring reads RLIMIT_NOFILE when the accept is armed, not when it runs.)"""
+    import resource  # POSIX only, like this test
+
     psutil = pytest.importorskip("psutil")
     limit = 128
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

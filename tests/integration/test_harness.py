@@ -42,7 +42,7 @@ def test_failure_output_ends_with_replay_lines(pytester, build_name, monkeypatch
     out = result.stdout.str()
     result.assert_outcomes(passed=1, failed=2)
     for test in ("test_inner_fails_with_a_server", "test_inner_fails_without_a_server"):
-        line = (f"replay: /usr/bin/python3 -m pytest tests/integration -k"
+        line = (f"replay: {echolib.REPLAY_PYTHON} -m pytest tests/integration -k"
                 f" '{test}[{build_name}]' --build {build_name} --seed 7")
         assert line in out, f"no {line!r} in the inner run's output:\n{out}"
     assert "--faults seed=13,partial_send=0.5" in out, out

@@ -12,10 +12,11 @@ import threading
 import time
 
 import psutil
+import pytest
 
-from echolib import (WINE_FD_SLACK, KiB, MiB, Session, assert_clean, check_echo, connect,
-                     cpu_seconds, exchange, exchange_on, mix_seed, payload, quiescent, rss_bytes,
-                     run_sessions, wait_eof_all, wait_until, wineserver_pid)
+from echolib import (NATIVE_WINDOWS, WINE_FD_SLACK, KiB, MiB, Session, assert_clean, check_echo,
+                     connect, cpu_seconds, exchange, exchange_on, mix_seed, payload, quiescent,
+                     rss_bytes, run_sessions, wait_eof_all, wait_until, wineserver_pid)
 
 FD_LIMIT = 64  # RLIMIT_NOFILE of the server process (prlimit --nofile=64:64)
 # Under Wine the sockets are descriptors of the prefix's wineserver, not of the wine
@@ -23,6 +24,11 @@ FD_LIMIT = 64  # RLIMIT_NOFILE of the server process (prlimit --nofile=64:64)
 # the wineserver is what must run out: its soft limit is lowered, for this test only, to
 # the descriptors it holds plus this many (about what a Linux server has free at 64).
 WINE_FD_HEADROOM = 48
+# Natively on Windows a process has no descriptor limit a test can lower (sockets are
+# handles, bounded only by memory), so the tests that run the server out of them need
+# Linux's prlimit or, under Wine, the wineserver's RLIMIT_NOFILE.
+at_a_descriptor_limit = pytest.mark.skipif(
+    NATIVE_WINDOWS, reason="no per-process descriptor limit to exhaust natively on Windows")
 SPIN_WINDOW = 3.0  # seconds over which the CPU time is measured (the window, not a wait)
 MAX_CPU_SHARE = 0.05
 
@@ -128,6 +134,7 @@ class DescriptorLimit:
                        f"the server's descriptors back to {self.fds0}")
 
 
+@at_a_descriptor_limit
 def test_fd_exhaustion_then_serves_without_spinning(server, build, base_seed):
     """The server at its descriptor limit while 100 clients connect, then all leave: it
     must not spin at the limit nor after, must serve a new client at once, and its books
@@ -151,6 +158,7 @@ def test_fd_exhaustion_then_serves_without_spinning(server, build, base_seed):
     assert_clean(srv)
 
 
+@at_a_descriptor_limit
 def test_admin_port_answers_while_clients_hold_every_descriptor(server, build):
     """With the data port's clients holding every descriptor the server may open, admin
     clients are still answered, one after another (the admin port keeps one in reserve
@@ -169,6 +177,7 @@ def test_admin_port_answers_while_clients_hold_every_descriptor(server, build):
     assert_clean(srv)
 
 
+@at_a_descriptor_limit
 def test_admin_clients_one_after_another_at_the_limit_are_each_answered_at_once(server,
                                                                                  build):
     """At the limit, each admin client takes the reserve descriptor and gives it straight

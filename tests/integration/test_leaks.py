@@ -1,6 +1,7 @@
 """Leaks and bounded memory: descriptors back to baseline after 500 connections with
 resets (Linux: the server's /proc/PID/fd; Wine: the private prefix's wineserver
-/proc/PID/fd; both: the server's own `fds=` / `handles=` count), the server's count
+/proc/PID/fd; natively on Windows: its handles; all: the server's own `fds=` /
+`handles=` count), the server's count
 following its connections, and a client that sends 64 MiB without reading cannot grow
 the server."""
 
@@ -11,8 +12,10 @@ import time
 import psutil
 import pytest
 
-from echolib import (WINE_FD_SLACK, KiB, MiB, abort, assert_clean, check_echo, connect, exchange,
-                     exchange_on, mix_seed, payload, quiescent, wait_until, wineserver_pid)
+from echolib import (NATIVE_WINDOWS, WINE_FD_SLACK, KiB, MiB, abort, assert_clean, check_echo,
+                     connect, exchange, exchange_on, mix_seed, payload, quiescent, wait_until,
+                     wineserver_pid)
+
 
 def churn(srv, rnd, n=500):
     """n connections: a third reset right after sending, a third reset after reading
@@ -52,14 +55,8 @@ def test_descriptors_back_to_baseline_after_500_resets(server, build, base_seed)
     st0 = wait_until(lambda: (lambda st: st if st["active"] == 0 else None)(srv.stats()),
                      10 * build.slowness, "active == 0 after the warm-up")
     held0 = st0["sockets_opened"] - st0["sockets_closed"]
-    if build.name == "linux":
-        proc = psutil.Process(srv.pid)
-        fds0 = proc.num_fds()
-    else:
-        ws = wineserver_pid()
-        assert ws, "cannot find the Wine prefix's wineserver process"
-        wsproc = psutil.Process(ws)
-        fds0 = wsproc.num_fds()
+    count, outside_slack, what = outside_count(srv, build)
+    n0 = count()
 
     churn(srv, rnd)
 
@@ -67,15 +64,11 @@ def test_descriptors_back_to_baseline_after_500_resets(server, build, base_seed)
                     f"active == 0 and sockets_opened - sockets_closed == {held0} (baseline)")
     key, slack = own_count(build)
     assert st0[key] <= st[key] <= st0[key] + slack, f"stats {key}={st[key]}, baseline {st0[key]}"
-    if build.name == "linux":
-        wait_until(lambda: (lambda n: n if n == fds0 else None)(proc.num_fds()), 10,
-                         f"the server's /proc/{srv.pid}/fd count back to {fds0}")
-    else:
-        try:
-            wait_until(lambda: wsproc.num_fds() <= fds0 + WINE_FD_SLACK, 20,
-                       f"the wineserver's fd count back to {fds0} (+{WINE_FD_SLACK})")
-        except AssertionError as e:
-            raise AssertionError(f"{e}: now {wsproc.num_fds()}, stats {st}")
+    try:
+        wait_until(lambda: count() <= n0 + outside_slack, 20,
+                   f"{what} back to {n0} (+{outside_slack})")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: now {count()}, stats {st}")
     # a connection reset before the server accepted it may end as an accept error
     # (AcceptEx completing with WSAECONNRESET): accepted or failed, each was handled
     assert st["accepted"] + st["accept_errors"] >= 500, st
@@ -86,6 +79,20 @@ def test_descriptors_back_to_baseline_after_500_resets(server, build, base_seed)
 # Handles Windows (or Wine) may open lazily for the process meanwhile: a thread's first
 # synchronous call, a loaded helper. Linux descriptors come back exactly.
 HANDLE_SLACK = 4
+
+
+def outside_count(srv, build):
+    """(a function counting the server's descriptors from outside it, how far the count
+    may settle above its baseline, what it counts): on Linux the server's /proc/PID/fd;
+    under Wine the prefix's wineserver's descriptors (every socket of the server is one
+    there); natively on Windows the server's handles, as psutil reads them."""
+    if build.name == "linux":
+        return psutil.Process(srv.pid).num_fds, 0, f"the server's /proc/{srv.pid}/fd count"
+    if NATIVE_WINDOWS:
+        return psutil.Process(srv.pid).num_handles, HANDLE_SLACK, "the server's handle count"
+    ws = wineserver_pid()
+    assert ws, "cannot find the Wine prefix's wineserver process"
+    return psutil.Process(ws).num_fds, WINE_FD_SLACK, "the wineserver's fd count"
 
 
 def own_count(build):

@@ -19,8 +19,9 @@ def test_graceful_shutdown(server, build, base_seed, via):
     """Echo traffic, idle clients left open, then a stop request: the idle clients
     get EOF, the server prints a final stats line, exits 0, and the books balance."""
     if via not in STOPS[build.name]:
-        pytest.skip(f"{via} is not a stop request on {build.name} (Wine turns only SIGINT into"
-                    " CTRL_C_EVENT)")
+        pytest.skip(f"{via} is not a stop request on {build.name} (its stop requests are"
+                    " console events: SIGINT becomes CTRL_C_EVENT under Wine, natively the"
+                    " harness sends CTRL_BREAK_EVENT)")
     srv = server()
     rnd = random.Random(mix_seed(base_seed, "shutdown", via))
     sessions = [Session(srv.addr, payload(rnd.getrandbits(63), rnd.randint(1, 256 * KiB)))
