@@ -25,7 +25,8 @@ WINEPREFIX = Path(os.environ.get("ECHOPORT_WINEPREFIX") or ROOT / "build" / "win
 # The suite runs on a Linux host (the Windows build under Wine) or natively on Windows
 # (the GitHub windows-latest job), where POSIX-only calls have a Windows counterpart.
 NATIVE_WINDOWS = os.name == "nt"
-# The interpreter a replay line names: Debian's, which has pytest (see the README).
+# The interpreter a replay line names: on Linux Debian's (the python3 first on PATH may
+# lack pytest), natively on Windows the one on PATH (MSYS2's in the workflow).
 REPLAY_PYTHON = "python" if NATIVE_WINDOWS else "/usr/bin/python3"
 
 KiB = 1024
@@ -340,12 +341,13 @@ class Server:
 
     def kill(self):
         if self.proc.poll() is None:
-            try:
-                if NATIVE_WINDOWS:
-                    raise OSError("no process groups to kill")
-                os.killpg(self.pid, signal.SIGKILL)
-            except OSError:
-                self.proc.kill()
+            if NATIVE_WINDOWS:
+                self.proc.kill()  # TerminateProcess
+            else:
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)
+                except OSError:
+                    self.proc.kill()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
