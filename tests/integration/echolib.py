@@ -751,6 +751,16 @@ def quiescent(srv, base):
     return st if st["active"] == 0 and held == base else None
 
 
+def settle(srv, build, held0=None):
+    """Waits until no connection is left (and, given held0, the socket books are back
+    at that baseline); returns the stats then."""
+    if held0 is None:
+        return wait_until(lambda: (lambda st: st if st["active"] == 0 else None)(srv.stats()),
+                          10 * build.slowness, "active == 0")
+    return wait_until(lambda: quiescent(srv, held0), 20 * build.slowness,
+                      f"active == 0 and sockets_opened - sockets_closed == {held0}")
+
+
 def served(addr, attempts=30, timeout=5.0, size=64):
     """True once a fresh client gets a small message echoed whole, trying up to
     `attempts` connections (under a fault plan some may be cut)."""

@@ -15,8 +15,8 @@ import psutil
 import pytest
 
 from echolib import (NATIVE_WINDOWS, WINE_FD_SLACK, KiB, MiB, Session, assert_clean, check_echo,
-                     connect, cpu_seconds, exchange, exchange_on, mix_seed, payload, quiescent,
-                     rss_bytes, run_sessions, wait_eof_all, wait_until, wineserver_pid)
+                     connect, cpu_seconds, exchange, exchange_on, mix_seed, payload, rss_bytes,
+                     run_sessions, settle, wait_eof_all, wait_until, wineserver_pid)
 
 FD_LIMIT = 64  # RLIMIT_NOFILE of the server process (prlimit --nofile=64:64)
 # Under Wine the sockets are descriptors of the prefix's wineserver, not of the wine
@@ -74,16 +74,6 @@ def timed_echo(addr, data, timeout):
     t0 = time.monotonic()
     got = exchange(addr, data, timeout)
     return time.monotonic() - t0, got
-
-
-def settle(srv, build, held0=None):
-    """Waits until no connection is left (and, given held0, the socket books are back
-    at that baseline); returns the stats then."""
-    if held0 is None:
-        return wait_until(lambda: (lambda st: st if st["active"] == 0 else None)(srv.stats()),
-                          10 * build.slowness, "active == 0")
-    return wait_until(lambda: quiescent(srv, held0), 20 * build.slowness,
-                      f"active == 0 and sockets_opened - sockets_closed == {held0}")
 
 
 class DescriptorLimit:

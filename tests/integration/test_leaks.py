@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from echolib import (NATIVE_WINDOWS, WINE_FD_SLACK, KiB, MiB, abort, assert_clean, check_echo,
-                     connect, exchange, exchange_on, mix_seed, payload, quiescent, wait_until,
+                     connect, exchange, exchange_on, mix_seed, payload, settle, wait_until,
                      wineserver_pid)
 
 
@@ -52,16 +52,14 @@ def test_descriptors_back_to_baseline_after_500_resets(server, build, base_seed)
     # warm up: threads, rings and lazily opened descriptors exist before the baseline
     for _ in range(10):
         assert exchange(srv.addr, b"warm-up") == b"warm-up"
-    st0 = wait_until(lambda: (lambda st: st if st["active"] == 0 else None)(srv.stats()),
-                     10 * build.slowness, "active == 0 after the warm-up")
+    st0 = settle(srv, build)
     held0 = st0["sockets_opened"] - st0["sockets_closed"]
     count, outside_slack, what = outside_count(srv, build)
     n0 = count()
 
     churn(srv, rnd)
 
-    st = wait_until(lambda: quiescent(srv, held0), 20 * build.slowness,
-                    f"active == 0 and sockets_opened - sockets_closed == {held0} (baseline)")
+    st = settle(srv, build, held0)
     key, slack = own_count(build)
     assert st0[key] <= st[key] <= st0[key] + slack, f"stats {key}={st[key]}, baseline {st0[key]}"
     try:
@@ -109,8 +107,7 @@ def test_handle_count_follows_the_connections(server, build):
     key, slack = own_count(build)
     for _ in range(5):
         assert exchange(srv.addr, b"warm-up") == b"warm-up"
-    st0 = wait_until(lambda: (lambda st: st if st["active"] == 0 else None)(srv.stats()),
-                     10 * build.slowness, "active == 0 after the warm-up")
+    st0 = settle(srv, build)
     clients = [connect(srv.addr) for _ in range(20)]
     try:
         for c in clients:
