@@ -1,9 +1,8 @@
 """Leaks and bounded memory: descriptors back to baseline after 500 connections with
 resets (Linux: the server's /proc/PID/fd; Wine: the private prefix's wineserver
 /proc/PID/fd; natively on Windows: its handles; all: the server's own `fds=` /
-`handles=` count), the server's count
-following its connections, and a client that sends 64 MiB without reading cannot grow
-the server."""
+`handles=` count), the server's count following its connections, and a client that
+sends 64 MiB without reading cannot grow the server."""
 
 import random
 import selectors
@@ -54,7 +53,7 @@ def test_descriptors_back_to_baseline_after_500_resets(server, build, base_seed)
         assert exchange(srv.addr, b"warm-up") == b"warm-up"
     st0 = settle(srv, build)
     held0 = st0["sockets_opened"] - st0["sockets_closed"]
-    count, outside_slack, what = outside_count(srv, build)
+    count, settled, seconds, what = outside_count(srv, build)
     n0 = count()
 
     churn(srv, rnd)
@@ -63,8 +62,7 @@ def test_descriptors_back_to_baseline_after_500_resets(server, build, base_seed)
     key, slack = own_count(build)
     assert st0[key] <= st[key] <= st0[key] + slack, f"stats {key}={st[key]}, baseline {st0[key]}"
     try:
-        wait_until(lambda: count() <= n0 + outside_slack, 20,
-                   f"{what} back to {n0} (+{outside_slack})")
+        wait_until(lambda: settled(count(), n0), seconds, f"{what} back to {n0}")
     except AssertionError as e:
         raise AssertionError(f"{e}: now {count()}, stats {st}")
     # a connection reset before the server accepted it may end as an accept error
@@ -80,17 +78,21 @@ HANDLE_SLACK = 4
 
 
 def outside_count(srv, build):
-    """(a function counting the server's descriptors from outside it, how far the count
-    may settle above its baseline, what it counts): on Linux the server's /proc/PID/fd;
-    under Wine the prefix's wineserver's descriptors (every socket of the server is one
-    there); natively on Windows the server's handles, as psutil reads them."""
+    """(a function counting the server's descriptors from outside it, settled(n, n0):
+    whether a count n is back at the baseline n0, seconds to wait for that, what it
+    counts). On Linux the server's /proc/PID/fd, exactly; under Wine the prefix's
+    wineserver's descriptors (every socket of the server is one there) and natively on
+    Windows the server's handles, as psutil reads them, each with its slack."""
     if build.name == "linux":
-        return psutil.Process(srv.pid).num_fds, 0, f"the server's /proc/{srv.pid}/fd count"
+        return (psutil.Process(srv.pid).num_fds, lambda n, n0: n == n0, 10,
+                f"the server's /proc/{srv.pid}/fd count")
     if NATIVE_WINDOWS:
-        return psutil.Process(srv.pid).num_handles, HANDLE_SLACK, "the server's handle count"
+        return (psutil.Process(srv.pid).num_handles, lambda n, n0: n <= n0 + HANDLE_SLACK, 20,
+                f"the server's handle count (+{HANDLE_SLACK})")
     ws = wineserver_pid()
     assert ws, "cannot find the Wine prefix's wineserver process"
-    return psutil.Process(ws).num_fds, WINE_FD_SLACK, "the wineserver's fd count"
+    return (psutil.Process(ws).num_fds, lambda n, n0: n <= n0 + WINE_FD_SLACK, 20,
+            f"the wineserver's fd count (+{WINE_FD_SLACK})")
 
 
 def own_count(build):
