@@ -106,12 +106,27 @@ static int client_flush(struct admin_client *c)
     return 0;
 }
 
+/* Whether c has a complete line waiting for its answer. */
+static int client_has_line(const struct admin_client *c)
+{
+    return memchr(c->in, '\n', c->used) != NULL;
+}
+
+/* At EOF, an unfinished last line (`printf stats | nc`) is still a line: it gets
+ * its newline once the lines before it are answered, if it fits. */
+static void client_end_last_line(struct admin_client *c)
+{
+    if (c->eof && c->used > 0 && c->used < sizeof(c->in) && !client_has_line(c))
+        c->in[c->used++] = '\n';
+}
+
 /* Answers c's complete lines while its queue has room for a reply; an unfinished
  * line that already fills the buffer is answered with an error and ends c. */
 static void client_take_lines(struct admin *a, struct admin_client *c)
 {
     char reply[ADMIN_REPLY_MAX];
     char *nl;
+    client_end_last_line(c);
     while (!c->closing && sizeof(c->out) - c->out_len >= ADMIN_REPLY_MAX &&
            (nl = memchr(c->in, '\n', c->used)) != NULL) {
         char line[ADMIN_LINE_MAX];
@@ -154,17 +169,21 @@ static int client_done(const struct admin_client *c)
 {
     if (c->out_len > 0)
         return 0;
-    return c->closing || (c->eof && !memchr(c->in, '\n', c->used));
+    return c->closing || (c->eof && !client_has_line(c));
 }
 
-/* Serves one poll result of c; 0 to keep it, -1 to close it. */
+/* Serves one poll result of c; 0 to keep it, -1 to close it. Lines that waited for
+ * room in the reply queue are answered as soon as a flush empties it: no event would
+ * come for them. */
 static int client_step(struct admin *a, struct admin_client *c, short revents)
 {
     if ((revents & (POLLIN | POLLHUP | POLLERR)) && client_wants_input(c) && client_read(c))
         return -1;
-    client_take_lines(a, c);
-    if (client_flush(c))
-        return -1;
+    do {
+        client_take_lines(a, c);
+        if (client_flush(c))
+            return -1;
+    } while (c->out_len == 0 && !c->closing && client_has_line(c));
     return client_done(c) ? -1 : 0;
 }
 

@@ -1,6 +1,8 @@
 """The admin port under hostile clients: silent and slow-drip clients hold nobody up,
 each client has a total deadline of about 1 s, an over-long line is answered before
-the close, and the number of admin clients is bounded (the oldest is dropped)."""
+the close, and the number of admin clients is bounded (the oldest is dropped); every
+line of a client is answered, however many it writes at once, its last one even
+without a newline."""
 
 import socket
 import statistics
@@ -139,6 +141,48 @@ def test_admin_over_long_line_gets_an_error(server, build):
         s.shutdown(socket.SHUT_WR)
         data, how = wait_eof(s, 5 * build.slowness)
     assert how == "eof" and data.startswith(b"pong\npong\nerror unknown command 'bbb"), data
+    srv.stop()
+
+
+def test_admin_answers_every_pipelined_command_before_the_deadline(server, build):
+    """A client that writes many commands at once gets every answer, in order, though
+    they do not fit the reply queue together: the lines that waited for room are
+    answered once it drains, without waiting for more input from the client."""
+    srv = server()
+    for half_close in (False, True):
+        with connect(("127.0.0.1", srv.admin_port)) as s:
+            s.sendall(b"stats\n" * 100 + b"ping\n")
+            if half_close:
+                s.shutdown(socket.SHUT_WR)
+            data = b""
+            deadline = time.monotonic() + DEADLINE
+            while data.count(b"\n") < 101 and time.monotonic() < deadline:
+                s.settimeout(max(deadline - time.monotonic(), 0.01))
+                try:
+                    got = s.recv(65536)
+                except socket.timeout:
+                    break
+                if not got:
+                    break
+                data += got
+        lines = data.decode().splitlines()
+        assert len(lines) == 101 and lines[-1] == "pong", (
+            f"half_close={half_close}: {len(lines)} of 101 answers, the last {lines[-1:]}")
+        assert all(l.startswith("stats accepted=") for l in lines[:100]), lines[:3]
+    srv.stop()
+
+
+def test_admin_answers_a_last_line_without_newline_at_eof(server, build):
+    """`printf stats | nc`: the line the client ended with EOF instead of a newline is
+    answered like any other."""
+    srv = server()
+    with connect(("127.0.0.1", srv.admin_port)) as s:
+        s.sendall(b"ping\nstats")
+        s.shutdown(socket.SHUT_WR)
+        data, how = wait_eof(s, 5 * build.slowness)
+    assert how == "eof", (how, data)
+    assert data.startswith(b"pong\nstats accepted=") and data.endswith(b"\n"), data
+    assert data.count(b"\n") == 2, data
     srv.stop()
 
 
