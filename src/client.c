@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/config.h"
 #include "core/ep.h"
@@ -239,6 +240,12 @@ static int payload_prepare(struct payload *p, char *err, size_t errlen)
         return 0;
     FILE *f = fopen(p->source, "rb");
     long long size = -1;
+    struct stat st;
+    if (f && fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+        fclose(f); /* Linux opens a directory, then every read fails */
+        f = NULL;
+        errno = EISDIR;
+    }
     if (f && file_seek(f, 0, SEEK_END) == 0)
         size = (long long)file_tell(f);
     if (size < 0)

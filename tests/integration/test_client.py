@@ -109,8 +109,10 @@ def test_client_detects_a_bad_echo(client_name, request, flaw):
 
 
 @pytest.mark.parametrize("args", [["--bytes"], ["--connect", "nonsense", "--bytes", "10"],
-                                  ["--message", "a", "--bytes", "3"], ["--frobnicate"]],
-                         ids=["missing_value", "bad_address", "two_payloads", "unknown_option"])
+                                  ["--message", "a", "--bytes", "3"], ["--frobnicate"],
+                                  ["--file", "."]],
+                         ids=["missing_value", "bad_address", "two_payloads", "unknown_option",
+                              "file_is_a_directory"])
 def test_client_bad_command_line(client_name, request, args):
     cb = client(request, client_name)
     rc, out, err = run_cli(cb, args, client=True)
