@@ -71,8 +71,11 @@ static void enable_faults(const struct ep_config *cfg)
         return;
     fault_set_counter(count_fault);
     stats_set_extra(fault_format_counts);
-    if (fault_plan_parse(cfg->faults, &plan, err, sizeof(err)) ||
-        fault_enable(&plan, cfg->fault_log, err, sizeof(err))) {
+    if (fault_plan_parse(cfg->faults, &plan, err, sizeof(err))) {
+        fprintf(stderr, "echoport: %s: %s\n", cfg->faults_origin, err);
+        exit(2);
+    }
+    if (fault_enable(&plan, cfg->fault_log, err, sizeof(err))) {
         fprintf(stderr, "echoport: %s\n", err);
         exit(2);
     }

@@ -268,8 +268,11 @@ enum config_result config_parse(struct ep_config *cfg, int argc, char **argv,
                  cfg->max_buffer_bytes);
         return CONFIG_ERROR;
     }
-    if (!cfg->faults && env_faults && *env_faults)
+    cfg->faults_origin = "--faults";
+    if (!cfg->faults && env_faults && *env_faults) {
         cfg->faults = env_faults;
+        cfg->faults_origin = "ECHOPORT_FAULTS";
+    }
     if (cfg->threads == 0)
         cfg->threads = ep_cpu_count();
     return CONFIG_RUN;

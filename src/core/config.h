@@ -17,6 +17,7 @@ struct ep_config {
     unsigned drain_timeout_ms; /* bound on graceful shutdown */
     int admin_port;            /* -1 = no admin port, 0 = pick one */
     const char *faults;        /* fault plan text, NULL = none */
+    const char *faults_origin; /* where it came from: "--faults" or "ECHOPORT_FAULTS" */
     const char *fault_log;     /* file for the fault log, NULL = none */
 };
 

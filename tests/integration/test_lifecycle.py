@@ -167,9 +167,10 @@ BAD_CLI = {
     "listen_ipv4_octet_999": (["--listen", "999.1.1.1:1"], None, "999.1.1.1"),
     "unknown_option": (["--frobnicate"], None, "--frobnicate"),
     "missing_value": (["--threads"], None, "--threads"),
-    "faults_probability_2": (["--faults", "partial_send=2"], None, "partial_send"),
+    "faults_probability_2": (["--faults", "partial_send=2"], None, "--faults: bad fault plan"),
     "faults_unknown_key": (["--faults", "seed=1,bogus=0.5"], None, "bogus"),
-    "env_faults_bogus": ([], {"ECHOPORT_FAULTS": "bogus=1"}, "bogus"),
+    "env_faults_bogus": ([], {"ECHOPORT_FAULTS": "bogus=1"}, "ECHOPORT_FAULTS: bad fault plan"),
+    "env_faults_unknown_key": ([], {"ECHOPORT_FAULTS": "seed=1,bogus=0.5"}, "bogus"),
 }
 
 

@@ -98,14 +98,16 @@ Test(config, accepts_every_option_in_both_spellings)
     cr_expect_eq(cfg.drain_timeout_ms, 250);
 }
 
-Test(config, faults_flag_wins_over_the_environment)
+Test(config, faults_flag_wins_over_the_environment_and_each_is_named_as_the_origin)
 {
     const char *with_flag[] = {"--faults", "seed=2", NULL};
     cr_assert_eq(parse("seed=9", with_flag), CONFIG_RUN);
     cr_expect_str_eq(cfg.faults, "seed=2");
+    cr_expect_str_eq(cfg.faults_origin, "--faults");
     const char *without[] = {NULL};
     cr_assert_eq(parse("seed=9", without), CONFIG_RUN);
     cr_expect_str_eq(cfg.faults, "seed=9");
+    cr_expect_str_eq(cfg.faults_origin, "ECHOPORT_FAULTS"); /* so its errors name it */
 }
 
 Test(config, help_and_version_exit_without_running)
