@@ -878,7 +878,7 @@ static int iocp_start(struct server *s, char *err, size_t errlen)
     b->ifs = provider_is_ifs(b->listener);
     int e = shim_load_extensions(b->listener);
     if (e) {
-        snprintf(err, errlen, "cannot load AcceptEx: winsock error %d", e);
+        snprintf(err, errlen, "cannot load AcceptEx: %s", net_strerror(e));
         goto fail;
     }
     addrlen = sizeof(addr);

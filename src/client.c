@@ -134,36 +134,6 @@ static int sock_would_block(int err)
 #endif
 }
 
-/* A short description of a socket error code. */
-static const char *sock_strerror(int err)
-{
-#ifdef _WIN32
-    static const struct {
-        int code;
-        const char *text;
-    } names[] = {
-        {WSAECONNREFUSED, "connection refused"},
-        {WSAECONNRESET, "connection reset by peer"},
-        {WSAECONNABORTED, "connection aborted"},
-        {WSAETIMEDOUT, "connection timed out"},
-        {WSAENETUNREACH, "network unreachable"},
-        {WSAEHOSTUNREACH, "host unreachable"},
-        {WSAEADDRNOTAVAIL, "address not available"},
-        {WSAENOBUFS, "no buffer space"},
-        {WSAESHUTDOWN, "socket shut down"},
-        {WSAEAFNOSUPPORT, "address family not supported"},
-    };
-    static char text[48];
-    for (size_t i = 0; i < EP_ARRAY_LEN(names); i++)
-        if (names[i].code == err)
-            return names[i].text;
-    snprintf(text, sizeof(text), "winsock error %d", err);
-    return text;
-#else
-    return strerror(err);
-#endif
-}
-
 /* Waits up to ms for s to be readable or (want_write) writable. A pending error
  * (Winsock reports a failed connect in the except set) counts as both. 0 or -1. */
 static int sock_wait(net_socket s, int want_write, int64_t ms, int *readable, int *writable)
@@ -323,7 +293,7 @@ static net_socket echo_connect(struct echo *e, const struct options *o, int64_t 
                  o->timeout_s);
     else
         snprintf(e->line, sizeof(e->line), "cannot connect to %s: %s", o->target,
-                 sock_strerror(err));
+                 net_strerror(err));
     if (s != NET_INVALID)
         net_close(s);
     return NET_INVALID;
@@ -377,7 +347,7 @@ static int echo_read(struct echo *e, const struct options *o)
         return 0;
     snprintf(e->line, sizeof(e->line),
              "error: %s: receive failed: %s (received %llu of %llu bytes)", o->target,
-             sock_strerror(err), (unsigned long long)e->received,
+             net_strerror(err), (unsigned long long)e->received,
              (unsigned long long)o->payload.size);
     return -1;
 }
@@ -406,7 +376,7 @@ static int echo_write(struct echo *e, const struct options *o)
         return 0;
     snprintf(e->line, sizeof(e->line),
              "error: %s: send failed: %s (sent %llu, received %llu of %llu bytes)", o->target,
-             sock_strerror(err), (unsigned long long)e->sent, (unsigned long long)e->received,
+             net_strerror(err), (unsigned long long)e->sent, (unsigned long long)e->received,
              (unsigned long long)o->payload.size);
     return -1;
 }
@@ -433,7 +403,7 @@ static int echo_transfer(struct echo *e, const struct options *o, int64_t deadli
         if (o->half_close && e->sent == total && !e->shut) {
             if (shutdown(e->s, SHUT_SEND) != 0) {
                 snprintf(e->line, sizeof(e->line), "error: %s: shutdown failed: %s", o->target,
-                         sock_strerror(sock_errno()));
+                         net_strerror(sock_errno()));
                 return -1;
             }
             e->shut = 1;
@@ -446,7 +416,7 @@ static int echo_transfer(struct echo *e, const struct options *o, int64_t deadli
         }
         if (sock_wait(e->s, e->sent < total, left, &readable, &writable)) {
             snprintf(e->line, sizeof(e->line), "error: %s: select failed: %s", o->target,
-                     sock_strerror(sock_errno()));
+                     net_strerror(sock_errno()));
             return -1;
         }
         if (readable && echo_read(e, o))

@@ -24,11 +24,39 @@ int net_set_nonblocking(net_socket s)
     return ioctlsocket(s, FIONBIO, &on) == 0 ? 0 : -1;
 }
 
+const char *net_strerror(int err)
+{
+    static const struct {
+        int code;
+        const char *text;
+    } names[] = {
+        {WSAECONNREFUSED, "connection refused"},
+        {WSAECONNRESET, "connection reset by peer"},
+        {WSAECONNABORTED, "connection aborted"},
+        {WSAETIMEDOUT, "connection timed out"},
+        {WSAENETUNREACH, "network unreachable"},
+        {WSAEHOSTUNREACH, "host unreachable"},
+        {WSAEADDRINUSE, "address already in use"},
+        {WSAEADDRNOTAVAIL, "address not available"},
+        {WSAEACCES, "permission denied"},
+        {WSAEMFILE, "too many open sockets"},
+        {WSAENOBUFS, "no buffer space"},
+        {WSAESHUTDOWN, "socket shut down"},
+        {WSAEAFNOSUPPORT, "address family not supported"},
+        {WSAEINVAL, "invalid argument"},
+    };
+    static _Thread_local char text[64];
+    const char *name = "unknown error";
+    for (size_t i = 0; i < EP_ARRAY_LEN(names); i++)
+        if (names[i].code == err)
+            name = names[i].text;
+    snprintf(text, sizeof(text), "%s (winsock error %d)", name, err);
+    return text;
+}
+
 const char *net_last_error(void)
 {
-    static _Thread_local char text[64];
-    snprintf(text, sizeof(text), "winsock error %d", WSAGetLastError());
-    return text;
+    return net_strerror(WSAGetLastError());
 }
 #else
 #include <errno.h>
@@ -51,6 +79,11 @@ int net_set_nonblocking(net_socket s)
 void net_close(net_socket s)
 {
     close(s);
+}
+
+const char *net_strerror(int err)
+{
+    return strerror(err);
 }
 
 const char *net_last_error(void)

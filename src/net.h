@@ -34,6 +34,9 @@ void net_close(net_socket s);
 /* Puts a plain socket in non-blocking mode; 0 or -1. */
 int net_set_nonblocking(net_socket s);
 
+/* A socket error code (errno, or a Winsock code with its number) as text. */
+const char *net_strerror(int err);
+
 /* The last socket error of this thread as text. */
 const char *net_last_error(void);
 

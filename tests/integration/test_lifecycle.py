@@ -187,6 +187,26 @@ def test_bad_command_line_exits_2_with_one_line(build, case):
     assert "listening" not in out, f"it must not start serving: {out!r}"
 
 
+@pytest.mark.parametrize("which", ["data", "admin"])
+def test_a_port_in_use_is_one_line_that_says_so(build, which):
+    """Another process holds the port: exit 1 with one line naming the port and the
+    reason in words (on Windows too, where Winsock has only a number for it)."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        args = (["--listen", f"127.0.0.1:{port}"] if which == "data"
+                else ["--listen", "127.0.0.1:0", "--admin-port", port])
+        rc, out, err = run_cli(build, args)
+    finally:
+        holder.close()
+    lines = err.splitlines()
+    assert rc == 1, f"exit {rc}, expected 1; stderr: {err!r}"
+    assert len(lines) == 1 and lines[0].startswith("echoport: "), lines
+    assert str(port) in lines[0] and "address already in use" in lines[0].lower(), lines[0]
+
+
 def test_help_and_version(build):
     rc, out, err = run_cli(build, ["--help"])
     assert rc == 0 and "--listen" in out and "--faults" in out, (rc, out, err)
