@@ -844,7 +844,12 @@ static int init_worker(struct uworker *w, char *err, size_t errlen)
         rc = init_buffers(w);
     }
     if (rc) {
-        snprintf(err, errlen, "%s (worker %d): %s", what, w->index, strerror(-rc));
+        /* a kernel without io_uring, or one that forbids it to this process */
+        int refused = !w->ring_ok && (rc == -EPERM || rc == -ENOSYS || rc == -EACCES);
+        snprintf(err, errlen, "%s (worker %d): %s%s", what, w->index, strerror(-rc),
+                 refused ? " (io_uring not available here: see sysctl kernel.io_uring_disabled,"
+                           " seccomp, container policy)"
+                         : "");
         return rc == -ENOMEM ? EP_ENOMEM : EP_EIO;
     }
     arm_accept(w); /* submitted by the worker, the ring's single issuer */

@@ -642,6 +642,32 @@ Test(uring, start_arms_a_multishot_accept_and_fills_the_buffer_ring)
     finish_and_check();
 }
 
+/* A kernel that refuses io_uring to this process (kernel.io_uring_disabled, seccomp). */
+static int refused_queue_init_params(unsigned entries, struct io_uring *ring,
+                                     struct io_uring_params *p)
+{
+    (void)entries, (void)ring, (void)p;
+    return -EPERM;
+}
+
+Test(uring, a_kernel_refusing_io_uring_fails_start_with_the_reason_and_closes_the_listener)
+{
+    char err[256] = "";
+    uring_ops.queue_init_params = refused_queue_init_params;
+    config_defaults(&k.cfg);
+    snprintf(k.cfg.listen_host, sizeof(k.cfg.listen_host), "127.0.0.1");
+    k.cfg.listen_port = 0;
+    k.cfg.threads = 1;
+    cr_assert_eq(srv_init(&k.srv, &k.cfg, &bk_uring), 0);
+    cr_assert_neq(bk_uring.start(&k.srv, err, sizeof(err)), 0);
+    cr_expect(strstr(err, strerror(EPERM)) && strstr(err, "io_uring not available here"),
+              "the error should say what failed and why: \"%s\"", err);
+    cr_expect_eq(k.exits, 0, "no ring was created, none may be exited");
+    cr_expect_eq(stats_get(sockets_opened), 1, "the listener was opened");
+    cr_expect_eq(stats_get(sockets_closed), 1, "and closed again");
+    srv_destroy(&k.srv);
+}
+
 Test(uring, echo_of_a_message)
 {
     start();
