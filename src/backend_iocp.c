@@ -745,11 +745,15 @@ SOCKET iocp_test_accept_socket(const OVERLAPPED *ov)
     return ar->r.kind == REQ_ACCEPT ? ar->sock : INVALID_SOCKET;
 }
 
-/* bk cancel: closes the socket so its posted operations complete (aborted or
- * net-name-deleted). c->lock held; never calls the core. */
+/* bk cancel: cancels c's posted operation, then closes the socket, so the operation
+ * completes (aborted or net-name-deleted). Closing alone would do on Windows, but Wine
+ * 8.0 leaves a send pending on a closed socket until it is cancelled: a client that
+ * never reads would keep its connection forever. c->lock held; never calls the core. */
 static void iocp_cancel(struct conn *c)
 {
     struct iocp_conn *ic = conn_bk(c);
+    if (ic->sock != INVALID_SOCKET)
+        shim_CancelIoEx((HANDLE)ic->sock, &ic->op.ov);
     close_socket(&ic->sock);
 }
 

@@ -22,11 +22,17 @@
 static struct server *signalled_server;
 
 #ifdef _WIN32
-/* Ctrl-C / Ctrl-Break / close: graceful shutdown (Wine delivers SIGINT as CTRL_C_EVENT). */
+static volatile LONG stop_events;
+
+/* Ctrl-C / Ctrl-Break / close: graceful shutdown, and a second one ends its drain at
+ * once (Wine delivers SIGINT as CTRL_C_EVENT). Each event runs on a thread of its own. */
 static BOOL WINAPI on_console_event(DWORD event)
 {
     (void)event;
-    srv_request_stop(signalled_server);
+    if (InterlockedIncrement(&stop_events) == 1)
+        srv_request_stop(signalled_server);
+    else
+        srv_request_stop_now(signalled_server);
     return TRUE;
 }
 
@@ -36,11 +42,17 @@ static void install_stop_handlers(struct server *s)
     SetConsoleCtrlHandler(on_console_event, TRUE);
 }
 #else
-/* SIGINT / SIGTERM: graceful shutdown. */
+static volatile sig_atomic_t stop_signals;
+
+/* SIGINT / SIGTERM: graceful shutdown, and a second one ends its drain at once. The
+ * handler blocks both signals, so the two never interleave. */
 static void on_stop_signal(int sig)
 {
     (void)sig;
-    srv_request_stop(signalled_server);
+    if (stop_signals++ == 0)
+        srv_request_stop(signalled_server);
+    else
+        srv_request_stop_now(signalled_server);
 }
 
 static void install_stop_handlers(struct server *s)
@@ -49,6 +61,8 @@ static void install_stop_handlers(struct server *s)
     signalled_server = s;
     sa.sa_handler = on_stop_signal;
     sigemptyset(&sa.sa_mask);
+    sigaddset(&sa.sa_mask, SIGINT);
+    sigaddset(&sa.sa_mask, SIGTERM);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);

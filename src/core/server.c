@@ -139,6 +139,14 @@ void srv_request_stop(struct server *s)
     }
 }
 
+void srv_request_stop_now(struct server *s)
+{
+    srv_request_stop(s);
+    atomic_store(&s->stop_deadline_ms, ep_now_ms());
+    if (s->bk->wake)
+        s->bk->wake(s);
+}
+
 int srv_stopping(const struct server *s)
 {
     return atomic_load_explicit(&s->stop_requested, memory_order_relaxed) != 0;

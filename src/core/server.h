@@ -84,6 +84,10 @@ struct conn *srv_conn_new(struct server *s, int worker);
 /* Asks for a graceful shutdown; safe from a signal handler or any thread. */
 void srv_request_stop(struct server *s);
 
+/* Asks for a shutdown that waits for no echo in flight: the drain ends at the next
+ * tick (a second Ctrl-C). Safe from a signal handler or any thread. */
+void srv_request_stop_now(struct server *s);
+
 /* Nonzero once a shutdown was requested. */
 int srv_stopping(const struct server *s);
 

@@ -104,11 +104,10 @@ def test_shutdown_lets_an_echo_in_flight_finish(server, build, base_seed):
                                             f" got {len(got)}")
 
 
-def test_new_clients_are_refused_at_once_while_the_server_drains(server, build):
-    """After a stop request, while a client that never reads keeps an echo owed (the drain
-    runs to its deadline), the port refuses new clients at once: nothing listens any more,
-    so none is left in a backlog to wait out the drain and then be reset."""
-    srv = server("--drain-timeout", 5000)
+def owed_an_echo(srv, build):
+    """A client that never reads, pushing until the server owes it an echo it cannot
+    send (bytes_in > bytes_out, bytes_out no longer moving): a drain runs to its
+    deadline. Returns its socket."""
     hog = socket.socket()
     hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * KiB)
     hog.connect(srv.addr)
@@ -127,18 +126,29 @@ def test_new_clients_are_refused_at_once_while_the_server_drains(server, build):
 
     wait_until(stuck_owing, 5 * build.slowness, "the server owing the client an echo it "
                "cannot send")
+    return hog
+
+
+def refuses_new_clients(srv):
+    """Whether a connect to the data port is refused: nothing listens there any more."""
+    try:
+        socket.create_connection(srv.addr, timeout=1).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+    except ConnectionResetError:  # queued just before the listener went: ask again
+        return False
+
+
+def test_new_clients_are_refused_at_once_while_the_server_drains(server, build):
+    """After a stop request, while a client that never reads keeps an echo owed (the drain
+    runs to its deadline), the port refuses new clients at once: nothing listens any more,
+    so none is left in a backlog to wait out the drain and then be reset."""
+    srv = server("--drain-timeout", 5000)
+    hog = owed_an_echo(srv, build)
     srv.request_stop("admin")
-
-    def refused():
-        try:
-            socket.create_connection(srv.addr, timeout=1).close()
-            return False
-        except ConnectionRefusedError:
-            return True
-        except ConnectionResetError:  # queued just before the listener went: ask again
-            return False
-
-    wait_until(refused, 2 * build.slowness, "a new client refused after the stop request")
+    wait_until(lambda: refuses_new_clients(srv), 2 * build.slowness,
+               "a new client refused after the stop request")
     assert srv.alive(), "the server was no longer draining: the test proves nothing"
     hog.close()
     assert srv.wait_exit() == 0, f"exit {srv.returncode}"
@@ -312,3 +322,48 @@ def read_exactly(sock, want, timeout=10):
             break
         got += chunk
     return bytes(got)
+
+
+def test_a_second_stop_signal_ends_the_drain_at_once(server, build):
+    """Ctrl-C twice: the first starts a drain that would wait 60 s for an echo the client
+    never reads; the second ends it, and the server exits 0 within seconds with its final
+    stats line, every socket and context released (the owed echo is dropped)."""
+    srv = server("--drain-timeout", 60000)
+    hog = owed_an_echo(srv, build)
+    try:
+        srv.request_stop("sigint")
+        # signals do not queue: the second must come after the first was handled
+        wait_until(lambda: refuses_new_clients(srv), 5 * build.slowness,
+                   "a new client refused after the first stop signal")
+        assert srv.alive(), "the server was no longer draining: the test proves nothing"
+        srv.request_stop("sigint")
+        assert srv.wait_exit(15 * build.slowness) == 0, f"exit {srv.returncode}"
+    finally:
+        hog.close()
+    srv.read_final()
+    assert_clean(srv, bytes_equal=False)
+
+
+@pytest.mark.parametrize("ending", ["drain_deadline", "idle_timeout"])
+def test_a_client_that_never_reads_is_closed_and_freed_at_its_deadline(server, build, ending):
+    """The server owes an echo to a client that never reads (a send stays pending):
+    the drain deadline or the idle timeout still closes that connection and frees it
+    (Wine 8.0 leaves such a send pending after closesocket until it is cancelled)."""
+    if ending == "drain_deadline":
+        srv = server("--drain-timeout", 1000)
+    else:
+        srv = server("--idle-timeout", 1)
+    hog = owed_an_echo(srv, build)
+    try:
+        if ending == "drain_deadline":
+            srv.request_stop("admin")
+            assert srv.wait_exit(10 * build.slowness) == 0, f"exit {srv.returncode}"
+            srv.read_final()
+        else:
+            wait_until(lambda: srv.stats()["ctx_free"] == 1, 10 * build.slowness,
+                       "the idle connection's context freed")
+            assert srv.stats()["active"] == 0
+            srv.stop()
+    finally:
+        hog.close()
+    assert_clean(srv, bytes_equal=False)

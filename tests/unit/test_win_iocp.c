@@ -131,6 +131,7 @@ static struct {
     int non_ifs;   /* the provider lacks XP1_IFS_HANDLES (a non-IFS LSP): skip mode is a no-op */
     int post_fail; /* this many next fabricated completions the port refuses */
     DWORD cancel_error;         /* how closing a socket completes its pending operations */
+    int close_keeps_sends;      /* Wine 8.0: closing leaves a pending send pending */
     int cancel_accepts_succeed; /* accepts that won the race with the listener's close */
     size_t max_buffer_bytes;    /* nonzero: cfg.max_buffer_bytes of start() */
     size_t buffer_size;         /* nonzero: cfg.buffer_size of start() */
@@ -273,6 +274,8 @@ static void abort_ops_of(struct fsock *fs)
             w.cancel_accepts_succeed--;
             find_sock(op->sock)->accepted = 1;
             complete(op, 0, 0);
+        } else if (op->kind == OP_SEND && w.close_keeps_sends) {
+            continue;
         } else if (op->sock == fs->h || (op->kind == OP_ACCEPT && fs->listener)) {
             complete(op, 0, w.cancel_error);
         }
@@ -1229,6 +1232,22 @@ Test(iocp, close_cancelling_with_netname_deleted_frees_each_connection_once)
     cr_assert_eq(busy->closes, 1);
     cr_assert_eq(busy->out_len, 3, "the echo in flight was finished before the close");
     cr_assert_eq(stats_get(ctx_free), 2);
+    check();
+}
+
+Test(iocp, a_send_the_close_leaves_pending_is_cancelled_so_a_drain_that_ends_frees_it)
+{
+    w.close_keeps_sends = 1;
+    start();
+    struct fsock *fs = echoing("never read"); /* its peer never reads: the send pends */
+    srv_request_stop_now(&w.srv);
+    int done = 0;
+    for (int i = 0; i < 50 && !done; i++)
+        done = iocp_test_pass(&w.srv, 0, 20) == 1;
+    cr_assert(done, "the send the close left pending kept the connection, and the worker");
+    bk_iocp.destroy(&w.srv);
+    srv_destroy(&w.srv);
+    cr_assert_eq(fs->out_len, 0, "nothing was read, nothing was sent");
     check();
 }
 
