@@ -30,7 +30,9 @@ WINE_FD_HEADROOM = 48
 at_a_descriptor_limit = pytest.mark.skipif(
     NATIVE_WINDOWS, reason="no per-process descriptor limit to exhaust natively on Windows")
 SPIN_WINDOW = 3.0  # seconds over which the CPU time is measured (the window, not a wait)
-MAX_CPU_SHARE = 0.05
+MAX_CPU_SHARE = 0.05  # per build.slowness: under Wine the prefix's wineserver is counted
+                      # too (2.7 % typical at the limit, 5.3 % seen beside a parallel
+                      # suite); a spinning server takes most of a CPU
 
 
 def fd_holder(srv, build):
@@ -139,9 +141,9 @@ def test_fd_exhaustion_then_serves_without_spinning(server, build, base_seed):
     check_echo(msg, got, "the first client after the storm")
     assert took < 1.5 * build.slowness, f"served only {took:.2f} s after the storm left"
     idle_share = cpu_share(limit.pids, SPIN_WINDOW)
-    assert held_share < MAX_CPU_SHARE, (
+    assert held_share < MAX_CPU_SHARE * build.slowness, (
         f"busy at the descriptor limit: {held_share:.1%} CPU over {SPIN_WINDOW} s")
-    assert idle_share < MAX_CPU_SHARE, (
+    assert idle_share < MAX_CPU_SHARE * build.slowness, (
         f"busy while idle after the storm: {idle_share:.1%} CPU over {SPIN_WINDOW} s")
     limit.check_released()
     srv.stop()
