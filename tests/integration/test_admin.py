@@ -9,7 +9,7 @@ import statistics
 import threading
 import time
 
-from echolib import connect, wait_eof
+from echolib import assert_clean, connect, wait_eof
 
 DEADLINE = 1.0  # the admin port's per-client deadline (src/admin.c ADMIN_DEADLINE_MS)
 CLIENTS_MAX = 32  # src/admin.c ADMIN_CLIENTS_MAX
@@ -216,3 +216,63 @@ def test_admin_sockets_are_counted_and_every_one_is_closed(server, build):
     final = srv.stop()  # through the admin port: one client more
     assert final["admin_sockets_opened"] == 2 + 5 + 1, srv.final_line
     assert final["admin_sockets_closed"] == final["admin_sockets_opened"], srv.final_line
+
+
+COMMANDS = {"ping": "pong", "stats": "stats accepted=", "bogus": "error unknown command 'bogus'",
+            "": "error unknown command ''"}
+
+
+def test_property_any_commands_any_chunking_get_every_answer_in_order(server, build, base_seed):
+    """Hypothesis: any list of commands (unknown and empty ones too), `\\n` or `\\r\\n`
+    ended, cut into any writes, gets one answer per line, in order, within the deadline;
+    with a half-close the last line may lack its newline. Seeded from --seed."""
+    from hypothesis import HealthCheck, given, seed, settings
+    from hypothesis import strategies as st
+
+    srv = server()
+    examples = 25
+    print(f"hypothesis: seed={base_seed} max_examples={examples} (replay with --seed {base_seed})")
+
+    @seed(base_seed)
+    @settings(max_examples=examples, deadline=None, database=None, print_blob=True,
+              suppress_health_check=list(HealthCheck))
+    @given(lines=st.lists(st.tuples(st.sampled_from(sorted(COMMANDS)), st.booleans()),
+                          min_size=1, max_size=60),
+           cuts=st.lists(st.integers(min_value=1, max_value=64), max_size=30),
+           half_close=st.booleans(), unterminated=st.booleans())
+    def prop(lines, cuts, half_close, unterminated):
+        text = b"".join(cmd.encode() + (b"\r\n" if crlf else b"\n") for cmd, crlf in lines)
+        if half_close and unterminated and lines[-1][0]:
+            text = text.rstrip(b"\r\n")  # `printf stats | nc`: EOF ends the last line
+        chunks, at = [], 0
+        for n in cuts:
+            chunks.append(text[at:at + n])
+            at += n
+        chunks.append(text[at:])
+        with connect(("127.0.0.1", srv.admin_port)) as s:
+            for c in chunks:
+                if c:
+                    s.sendall(c)
+            if half_close:
+                s.shutdown(socket.SHUT_WR)
+            got = b""
+            deadline = time.monotonic() + DEADLINE
+            while got.count(b"\n") < len(lines) and time.monotonic() < deadline:
+                s.settimeout(max(deadline - time.monotonic(), 0.01))
+                try:
+                    data = s.recv(65536)
+                except socket.timeout:
+                    break
+                if not data:
+                    break
+                got += data
+        answers = got.decode().splitlines()
+        assert len(answers) == len(lines), (
+            f"{len(answers)} answers to {len(lines)} lines, the last {answers[-2:]}")
+        for (cmd, _), answer in zip(lines, answers):
+            assert answer.startswith(COMMANDS[cmd]), (cmd, answer)
+
+    prop()
+    assert srv.admin("ping") == "pong"
+    srv.stop()
+    assert_clean(srv)
