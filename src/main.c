@@ -24,8 +24,9 @@ static struct server *signalled_server;
 #ifdef _WIN32
 static volatile LONG stop_events;
 
-/* Ctrl-C / Ctrl-Break / close: graceful shutdown, and a second one ends its drain at
- * once (Wine delivers SIGINT as CTRL_C_EVENT). Each event runs on a thread of its own. */
+/* Ctrl-C / Ctrl-Break: graceful shutdown, and a second one ends its drain at once (Wine
+ * delivers SIGINT as CTRL_C_EVENT). Each event runs on a thread of its own. A console
+ * close ends the process as soon as this returns, before any final stats line. */
 static BOOL WINAPI on_console_event(DWORD event)
 {
     (void)event;
