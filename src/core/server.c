@@ -153,7 +153,10 @@ int srv_stopping(const struct server *s)
 }
 
 /* Decides whether tick closes c now: idle too long, or shutting down and either
- * waiting for data (nothing owed) or past the drain deadline. Lock held. */
+ * waiting for data (nothing owed) or past the drain deadline. Lock held. c may have
+ * been active after `now` was read (IOCP workers share one port: another worker's
+ * completion touches c during this walk); such a "negative" quiet time, a wrapped
+ * huge one as unsigned, is no idleness. */
 static int tick_should_close(const struct conn *c, int64_t now, int stopping, int64_t deadline,
                              int64_t idle_ms)
 {
@@ -161,7 +164,8 @@ static int tick_should_close(const struct conn *c, int64_t now, int stopping, in
         return 0;
     if (stopping && (c->len == 0 || now >= deadline))
         return 1;
-    return idle_ms > 0 && (uint32_t)((uint32_t)now - c->last_active_ms) >= idle_ms;
+    uint32_t quiet = (uint32_t)now - c->last_active_ms;
+    return idle_ms > 0 && quiet < UINT32_C(0x80000000) && quiet >= idle_ms;
 }
 
 /* Unlinks c from w's parked list. park_lock held. */

@@ -108,6 +108,19 @@ Test(server, idle_timeout_closes_a_quiet_connection_only)
     cr_expect_not_null(busy->conn);
 }
 
+Test(server, idle_timeout_spares_a_connection_active_after_the_tick_read_the_clock)
+{
+    f.cfg.idle_timeout_s = 1;
+    fake_start(&f);
+    struct fake_sock *fresh = fake_accept(&f);
+    /* another worker's completion touched it after this tick's clock reading */
+    fresh->conn->last_active_ms += 50;
+    fake_tick(&f);
+    cr_expect_eq(fresh->cancels, 0, "a connection active 'in the future' is not idle");
+    fake_run(&f, 10);
+    cr_expect_not_null(fresh->conn);
+}
+
 /* Records the connections srv_for_each_conn hands over. */
 struct visits {
     struct conn *seen[8];
