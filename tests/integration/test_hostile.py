@@ -1,11 +1,12 @@
 """Hostile clients (issue 11): descriptor exhaustion (the data port and the admin port),
 --max-conns and --idle-timeout with many clients, clients that never read against the
-global buffer budget, a huge --buffer-size with many threads, and a storm of silent
-connections. Each case is
+global buffer budget, a huge --buffer-size with many threads, a storm of silent
+connections, and all kinds mixed with honest clients. Each case is
 bounded (well under 20 s per build) and ends with the clean-shutdown equalities."""
 
 import errno
 import os
+import random
 import selectors
 import socket
 import threading
@@ -14,9 +15,9 @@ import time
 import psutil
 import pytest
 
-from echolib import (NATIVE_WINDOWS, WINE_FD_SLACK, KiB, MiB, Session, assert_clean, check_echo,
-                     connect, cpu_seconds, exchange, exchange_on, mix_seed, payload, rss_bytes,
-                     run_sessions, settle, wait_eof_all, wait_until, wineserver_pid)
+from echolib import (NATIVE_WINDOWS, WINE_FD_SLACK, KiB, MiB, Session, abort, assert_clean,
+                     check_echo, connect, cpu_seconds, exchange, exchange_on, mix_seed, payload,
+                     rss_bytes, run_sessions, settle, wait_eof_all, wait_until, wineserver_pid)
 
 FD_LIMIT = 64  # RLIMIT_NOFILE of the server process (prlimit --nofile=64:64)
 # Under Wine the sockets are descriptors of the prefix's wineserver, not of the wine
@@ -465,3 +466,99 @@ def test_clients_gone_quiet_after_one_echo_hold_no_buffer(server, build, base_se
     settle(srv, build)
     srv.stop()
     assert_clean(srv)
+
+
+class Mix:
+    """Client behaviours for the mixed test, each one connection: honest clients check
+    their echo byte for byte; hostile ones reset, never read, stay silent or drip. The
+    holds are load (how long a hostile client stays), not synchronisation."""
+
+    def __init__(self, srv, build, rnd, kept):
+        self.srv, self.build, self.rnd = srv, build, rnd
+        self.hold = threading.Event()  # never set: wait(t) is a bounded hold
+        self.kept = kept  # never-readers left open for the idle timeout to close
+
+    def honest(self):
+        data = payload(self.rnd.getrandbits(63), self.rnd.choice([1, 100, 4 * KiB, 300 * KiB]))
+        s = Session(self.srv.addr, data, half_close=self.rnd.random() < 0.5)
+        run_sessions([s], 20 * self.build.slowness)
+        check_echo(s.data, bytes(s.got), "an honest client among hostile ones")
+
+    def reset(self):
+        s = connect(self.srv.addr)
+        s.sendall(self.rnd.randbytes(self.rnd.randint(0, 200 * KiB)))
+        abort(s)
+
+    def never_reads(self):
+        s = connect(self.srv.addr)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * KiB)
+        s.setblocking(False)
+        try:
+            for _ in range(100):
+                s.send(b"x" * 64 * KiB)
+        except BlockingIOError:
+            pass
+        if self.rnd.random() < 0.3:
+            self.kept.append(s)
+            return
+        self.hold.wait(self.rnd.random() * 3)
+        s.close()
+
+    def silent(self):
+        s = connect(self.srv.addr)
+        self.hold.wait(self.rnd.random() * 3)
+        s.close()
+
+    def drips(self):
+        with connect(self.srv.addr) as s:
+            for _ in range(self.rnd.randint(1, 10)):
+                assert exchange_on(s, b"d") == b"d", "a drip client's byte came back wrong"
+                self.hold.wait(0.05)
+
+    def stats(self):
+        t0 = time.monotonic()
+        st = self.srv.stats()
+        took = time.monotonic() - t0
+        assert took < 1.0 * self.build.slowness, f"stats took {took:.2f} s among hostile clients"
+        return st
+
+
+def test_mixed_hostile_and_honest_clients(server, build, base_seed):
+    """16 clients for 10 s, each drawing behaviours at random (seeded): honest echoes of
+    every size, resets, never-readers, silent and dripping clients, stats queries. Every
+    honest echo is exact, every stats query quick; the idle timeout then closes the
+    never-readers still connected (each owed an echo it cannot send), nothing is left
+    active, and the books balance. (It found that a tick could take a connection touched
+    by another IOCP worker during its walk for one idle for 49 days: a drip client
+    closed 0.25 s after connecting.)"""
+    srv = server("--idle-timeout", 2)
+    failures, kept = [], []
+
+    def client(i):
+        rnd = random.Random(mix_seed(base_seed, "mixed", i))
+        mix = Mix(srv, build, rnd, kept)
+        behaviours = [mix.honest] * 3 + [mix.reset, mix.never_reads, mix.silent, mix.drips,
+                                         mix.stats]
+        end = time.monotonic() + 10
+        while time.monotonic() < end and not failures:
+            try:
+                rnd.choice(behaviours)()
+            except (AssertionError, OSError) as e:
+                failures.append(f"client {i}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60 * build.slowness)
+    assert not any(t.is_alive() for t in threads), "a client thread never finished"
+    assert not failures, failures[:5]
+    assert kept, "no never-reader was left connected: the last check proves nothing"
+    try:
+        wait_until(lambda: srv.stats()["active"] == 0, 10 * build.slowness,
+                   f"the idle timeout closing the {len(kept)} never-readers left connected")
+    finally:
+        for s in kept:
+            s.close()
+    srv.stop()
+    assert_clean(srv, bytes_equal=False)
