@@ -459,6 +459,19 @@ def payload(seed, n):
     return random.Random(seed).randbytes(n) if n else b""
 
 
+def hypothesis_cases(base_seed, examples):
+    """Decorator for a Hypothesis property of the suite: `examples` cases drawn from
+    --seed (printed first, so a failure replays), no example database, no deadline."""
+    from hypothesis import HealthCheck, seed, settings
+    print(f"hypothesis: seed={base_seed} max_examples={examples} (replay with --seed {base_seed})")
+
+    def apply(prop):
+        return seed(base_seed)(settings(max_examples=examples, deadline=None, database=None,
+                                        print_blob=True,
+                                        suppress_health_check=list(HealthCheck))(prop))
+    return apply
+
+
 def mix_seed(*parts):
     """A stable 63-bit seed from any printable parts (not Python's salted hash)."""
     h = 1469598103934665603

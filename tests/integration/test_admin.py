@@ -9,7 +9,7 @@ import statistics
 import threading
 import time
 
-from echolib import assert_clean, connect, wait_eof
+from echolib import assert_clean, connect, hypothesis_cases, wait_eof
 
 DEADLINE = 1.0  # the admin port's per-client deadline (src/admin.c ADMIN_DEADLINE_MS)
 CLIENTS_MAX = 32  # src/admin.c ADMIN_CLIENTS_MAX
@@ -144,6 +144,22 @@ def test_admin_over_long_line_gets_an_error(server, build):
     srv.stop()
 
 
+def answer_lines(sock, n, timeout):
+    """The lines the admin port sent on sock until n came, EOF, or timeout s passed."""
+    got = b""
+    deadline = time.monotonic() + timeout
+    while got.count(b"\n") < n and time.monotonic() < deadline:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            break
+        if not data:
+            break
+        got += data
+    return got.decode().splitlines()
+
+
 def test_admin_answers_every_pipelined_command_before_the_deadline(server, build):
     """A client that writes many commands at once gets every answer, in order, though
     they do not fit the reply queue together: the lines that waited for room are
@@ -154,18 +170,7 @@ def test_admin_answers_every_pipelined_command_before_the_deadline(server, build
             s.sendall(b"stats\n" * 100 + b"ping\n")
             if half_close:
                 s.shutdown(socket.SHUT_WR)
-            data = b""
-            deadline = time.monotonic() + DEADLINE
-            while data.count(b"\n") < 101 and time.monotonic() < deadline:
-                s.settimeout(max(deadline - time.monotonic(), 0.01))
-                try:
-                    got = s.recv(65536)
-                except socket.timeout:
-                    break
-                if not got:
-                    break
-                data += got
-        lines = data.decode().splitlines()
+            lines = answer_lines(s, 101, DEADLINE)
         assert len(lines) == 101 and lines[-1] == "pong", (
             f"half_close={half_close}: {len(lines)} of 101 answers, the last {lines[-1:]}")
         assert all(l.startswith("stats accepted=") for l in lines[:100]), lines[:3]
@@ -226,16 +231,12 @@ def test_property_any_commands_any_chunking_get_every_answer_in_order(server, bu
     """Hypothesis: any list of commands (unknown and empty ones too), `\\n` or `\\r\\n`
     ended, cut into any writes, gets one answer per line, in order, within the deadline;
     with a half-close the last line may lack its newline. Seeded from --seed."""
-    from hypothesis import HealthCheck, given, seed, settings
+    from hypothesis import given
     from hypothesis import strategies as st
 
     srv = server()
-    examples = 25
-    print(f"hypothesis: seed={base_seed} max_examples={examples} (replay with --seed {base_seed})")
 
-    @seed(base_seed)
-    @settings(max_examples=examples, deadline=None, database=None, print_blob=True,
-              suppress_health_check=list(HealthCheck))
+    @hypothesis_cases(base_seed, 25)
     @given(lines=st.lists(st.tuples(st.sampled_from(sorted(COMMANDS)), st.booleans()),
                           min_size=1, max_size=60),
            cuts=st.lists(st.integers(min_value=1, max_value=64), max_size=30),
@@ -255,18 +256,7 @@ def test_property_any_commands_any_chunking_get_every_answer_in_order(server, bu
                     s.sendall(c)
             if half_close:
                 s.shutdown(socket.SHUT_WR)
-            got = b""
-            deadline = time.monotonic() + DEADLINE
-            while got.count(b"\n") < len(lines) and time.monotonic() < deadline:
-                s.settimeout(max(deadline - time.monotonic(), 0.01))
-                try:
-                    data = s.recv(65536)
-                except socket.timeout:
-                    break
-                if not data:
-                    break
-                got += data
-        answers = got.decode().splitlines()
+            answers = answer_lines(s, len(lines), DEADLINE)
         assert len(answers) == len(lines), (
             f"{len(answers)} answers to {len(lines)} lines, the last {answers[-2:]}")
         for (cmd, _), answer in zip(lines, answers):

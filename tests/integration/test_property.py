@@ -3,10 +3,10 @@ exactly (Hypothesis, shrinking to the smallest failing case). Seeded from --seed
 printed, so a failure replays."""
 
 import pytest
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from echolib import KiB, Session, assert_clean, prefix_problem, run_sessions
+from echolib import KiB, Session, assert_clean, hypothesis_cases, prefix_problem, run_sessions
 
 pytestmark = pytest.mark.conformance
 
@@ -17,12 +17,8 @@ client_st = st.tuples(st.binary(min_size=0, max_size=48 * KiB),
 
 def test_property_any_payload_any_chunking_echoes_exactly(server, build, base_seed):
     srv = server()
-    examples = 30
-    print(f"hypothesis: seed={base_seed} max_examples={examples} (replay with --seed {base_seed})")
 
-    @seed(base_seed)
-    @settings(max_examples=examples, deadline=None, database=None, print_blob=True,
-              suppress_health_check=list(HealthCheck))
+    @hypothesis_cases(base_seed, 30)
     @given(clients=st.lists(client_st, min_size=1, max_size=4))
     def prop(clients):
         sessions = [Session(srv.addr, data, chunks or None, half_close=half, name=f"client{i}")
