@@ -756,22 +756,43 @@ def exchange(addr, data, timeout=10.0):
         return exchange_on(s, data, timeout)
 
 
+def stats_if(srv, pred):
+    """The stats if pred(stats) holds, else None: a wait_until predicate."""
+    st = srv.stats()
+    return st if pred(st) else None
+
+
 def quiescent(srv, base):
     """The stats once no connection is active and the server holds exactly `base`
     sockets (opened - closed), else None: a wait_until predicate."""
-    st = srv.stats()
-    held = st["sockets_opened"] - st["sockets_closed"]
-    return st if st["active"] == 0 and held == base else None
+    return stats_if(srv, lambda st: st["active"] == 0
+                    and st["sockets_opened"] - st["sockets_closed"] == base)
 
 
 def settle(srv, build, held0=None):
     """Waits until no connection is left (and, given held0, the socket books are back
     at that baseline); returns the stats then."""
     if held0 is None:
-        return wait_until(lambda: (lambda st: st if st["active"] == 0 else None)(srv.stats()),
+        return wait_until(lambda: stats_if(srv, lambda st: st["active"] == 0),
                           10 * build.slowness, "active == 0")
     return wait_until(lambda: quiescent(srv, held0), 20 * build.slowness,
                       f"active == 0 and sockets_opened - sockets_closed == {held0}")
+
+
+def never_reader(addr):
+    """A client that never reads: a 4 KiB receive window, and sends until the kernel
+    takes no more (the echo backs up into the server, which then owes it). Its socket,
+    non-blocking."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * KiB)  # before the handshake
+    s.connect(addr)
+    s.setblocking(False)
+    try:
+        for _ in range(1024):  # 64 MiB at most; blocked after a few MiB
+            s.send(b"x" * 64 * KiB)
+    except BlockingIOError:
+        pass
+    return s
 
 
 def served(addr, attempts=30, timeout=5.0, size=64):

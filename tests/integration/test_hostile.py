@@ -16,8 +16,9 @@ import psutil
 import pytest
 
 from echolib import (NATIVE_WINDOWS, WINE_FD_SLACK, KiB, MiB, Session, abort, assert_clean,
-                     check_echo, connect, cpu_seconds, exchange, exchange_on, mix_seed, payload,
-                     rss_bytes, run_sessions, settle, wait_eof_all, wait_until, wineserver_pid)
+                     check_echo, connect, cpu_seconds, exchange, exchange_on, mix_seed,
+                     never_reader, payload, rss_bytes, run_sessions, settle, wait_eof_all,
+                     wait_until, wineserver_pid)
 
 FD_LIMIT = 64  # RLIMIT_NOFILE of the server process (prlimit --nofile=64:64)
 # Under Wine the sockets are descriptors of the prefix's wineserver, not of the wine
@@ -490,14 +491,7 @@ class Mix:
         abort(s)
 
     def never_reads(self):
-        s = connect(self.srv.addr)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * KiB)
-        s.setblocking(False)
-        try:
-            for _ in range(100):
-                s.send(b"x" * 64 * KiB)
-        except BlockingIOError:
-            pass
+        s = never_reader(self.srv.addr)
         if self.rnd.random() < 0.3:
             self.kept.append(s)
             return

@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 from echolib import (NATIVE_WINDOWS, WINE_FD_SLACK, KiB, MiB, abort, assert_clean, check_echo,
-                     connect, exchange, exchange_on, mix_seed, payload, settle, wait_until,
-                     wineserver_pid)
+                     connect, exchange, exchange_on, mix_seed, payload, settle, stats_if,
+                     wait_until, wineserver_pid)
 
 
 def churn(srv, rnd, n=500):
@@ -120,8 +120,8 @@ def test_handle_count_follows_the_connections(server, build):
     finally:
         for c in clients:
             c.close()
-    wait_until(lambda: (lambda st: st if st["active"] == 0 and st[key] <= st0[key] + slack
-                        else None)(srv.stats()), 10 * build.slowness,
+    wait_until(lambda: stats_if(srv, lambda st: st["active"] == 0 and st[key] <= st0[key] + slack),
+               10 * build.slowness,
                f"{key} back to {st0[key]} (+{slack}) once the clients closed")
     srv.stop()
     assert_clean(srv)
